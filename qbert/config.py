@@ -1,0 +1,215 @@
+"""Every config schema of qbert, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` only choose values; the schemas here fix the keys and types, so a
+typo or a wrong type fails when Hydra composes the config, naming the key. Range checks live in
+``__post_init__`` and run once, when ``validate(cfg)`` turns the composed config into these
+dataclasses (Hydra itself never calls ``__post_init__``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# The repo's top-level conf/ (qbert is installed editable: `pip install -e .`).
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+TASK_KINDS = ("classification", "token_classification", "question_answering")
+DATA_SOURCES = ("sample", "local", "hub")
+QUANT_METHODS = ("none",)
+LOGGERS = ("none", "csv", "wandb")
+EVAL_CHECKPOINTS = ("last", "best")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config key '{key}': {message}")
+
+
+def _one_of(value: Any, allowed: tuple, key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}, expected one of {list(allowed)}")
+
+
+@dataclass
+class SplitsConfig:
+    """Which split trains, which picks the best checkpoint, which are reported."""
+
+    train: str = MISSING
+    val: str = MISSING
+    test: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    kind: str = MISSING
+    num_labels: int = 2
+    metric: str = MISSING  # the metric monitored for the best checkpoint, e.g. "accuracy"
+    max_length: int = 128
+    doc_stride: int = 128  # question answering: overlap between context windows
+    n_best: int = 20  # question answering: candidate starts/ends per window
+    max_answer_length: int = 30
+    local_splits: SplitsConfig = field(default_factory=SplitsConfig)
+    hub_splits: SplitsConfig = field(default_factory=SplitsConfig)
+    # Shown in results and reports where the local protocol differs from the paper's.
+    local_protocol_note: str = ""
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, TASK_KINDS, "task.kind")
+        _check(self.num_labels >= 1, "task.num_labels", f"must be >= 1, got {self.num_labels}")
+        _check(16 <= self.max_length <= 512, "task.max_length", f"must be in [16, 512], got {self.max_length}")
+        _check(self.kind != "question_answering" or 0 < self.doc_stride < self.max_length, "task.doc_stride",
+               f"must be in (0, max_length={self.max_length}), got {self.doc_stride}")
+        _check(self.n_best >= 1, "task.n_best", f"must be >= 1, got {self.n_best}")
+        _check(self.max_answer_length >= 1, "task.max_answer_length", "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    source: str = "sample"  # sample: slices committed in the repo; local: a folder; hub: datasets ids
+    root: Optional[str] = None  # folder in the layout of ../shared/data, for source=local
+    max_train_samples: Optional[int] = None  # cut each split after loading (None = all)
+    max_eval_samples: Optional[int] = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, DATA_SOURCES, "data.source")
+        _check(self.source != "local" or bool(self.root), "data.root",
+               "data.source=local needs data.root (e.g. data.root=../shared/data)")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            _check(value is None or value > 0, f"data.{key}", f"must be positive or null, got {value}")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Where the weights come from, first match wins: path (a local folder), package (a Python
+    # package shipping a `model/` folder), hub_id (Hugging Face hub, needs network), or random
+    # initialisation from the architecture below when all three are empty (model=tiny).
+    path: Optional[str] = None
+    package: Optional[str] = None
+    hub_id: Optional[str] = None
+    tokenizer: Optional[str] = None  # folder or hub id; defaults to the weights' location
+    tokenizer_package: Optional[str] = None
+    # Architecture: what a random model is built with, and checked against loaded weights.
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 64
+    # "eager" is needed for Hessian-vector products (SDPA has no double backward on CPU).
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+               f"{self.hidden_size} is not divisible by model.num_heads={self.num_heads}")
+        _one_of(self.attn_implementation, ("eager", "sdpa"), "model.attn_implementation")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "none"
+
+    def __post_init__(self) -> None:
+        _one_of(self.method, QUANT_METHODS, "quant.method")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: int = 3
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(0 < self.lr < 1, "optim.lr", f"must be in (0, 1), got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.batch_size >= 1, "optim.batch_size", "must be >= 1")
+        _check(self.eval_batch_size >= 1, "optim.eval_batch_size", "must be >= 1")
+        _check(self.epochs >= 1, "optim.epochs", "must be >= 1")
+        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to ``lightning.Trainer``; only the settings qbert exposes."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"  # "bf16-mixed" on a GPU
+    deterministic: bool = True
+    max_steps: int = -1  # -1: run optim.epochs epochs
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    val_check_interval: Optional[float] = None
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    eval_checkpoint: str = "last"  # which weights are tested: last (no selection on test) or best
+    save_checkpoints: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of(self.accelerator, ("cpu", "gpu", "cuda", "auto"), "trainer.accelerator")
+        _one_of(self.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision")
+        _one_of(self.eval_checkpoint, EVAL_CHECKPOINTS, "trainer.eval_checkpoint")
+        _check(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps", "must be -1 or positive")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "qbert"
+    group: Optional[str] = None  # W&B group; defaults to the experiment name
+    mode: Optional[str] = None  # W&B mode; None: online with credentials, offline without
+    tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, LOGGERS, "logger.name")
+        _check(self.mode in (None, "online", "offline", "disabled"), "logger.mode",
+               f"got {self.mode!r}, expected null, online, offline or disabled")
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    quant: QuantConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 42
+    experiment_name: str = "default"  # W&B group and sweep folder; set by experiment presets
+    # Start from a fine-tuned run: its output folder or a Lightning .ckpt file.
+    init_from: Optional[str] = None
+    output_dir: str = "."  # filled from Hydra's run dir
+    # Evaluate `init_from` without training (e.g. a post-training quantization baseline).
+    eval_only: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(not self.eval_only or self.init_from is not None or self.model.path is not None
+               or self.model.package is not None or self.model.hub_id is not None,
+               "eval_only", "needs weights to evaluate: set init_from or a pretrained model")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Turn a composed config into typed dataclasses, running every range check once."""
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, RunConfig), f"expected a RunConfig, got {type(run).__name__}"
+    return run

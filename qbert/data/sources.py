@@ -1,0 +1,83 @@
+"""Where a task's split comes from: the committed sample, a local folder, or the hub.
+
+Local folders use the layout of ``../shared/data`` (see its README); every file may be plain or
+gzip-compressed. The committed sample (``qbert/data/sample``) has the same layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from qbert.config import DataConfig, TaskConfig
+from qbert.data import readers
+
+SAMPLE_ROOT = Path(__file__).parent / "sample"
+
+# task -> split -> file inside the data folder
+LOCAL_FILES: dict[str, dict[str, str]] = {
+    "sst2": {"train": "sst2/train.tsv", "dev": "sst2/dev.tsv"},
+    "mnli": {"dev_matched": "mnli/dev_matched.tsv", "dev_mismatched": "mnli/dev_mismatched.tsv"},
+    "conll03": {"train": "conll2003/train.txt", "valid": "conll2003/valid.txt",
+                "test": "conll2003/test.txt"},
+    "squad": {"train": "squad/train-v1.1.json", "dev": "squad/dev-v1.1.json"},
+}
+
+READERS: dict[str, Callable[[Path], list]] = {
+    "sst2": lambda path: readers.read_glue_tsv(path, ["sentence"], "label", readers.SST2_LABELS),
+    "mnli": lambda path: readers.read_glue_tsv(path, ["premise", "hypothesis"], "label",
+                                               readers.MNLI_LABELS),
+    "conll03": lambda path: readers.read_conll(path, readers.CONLL_TAGS),
+    "squad": readers.read_squad,
+}
+
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "sst2": ("negative", "positive"),
+    "mnli": readers.MNLI_LABELS,
+    "conll03": readers.CONLL_TAGS,
+    "squad": (),
+}
+
+
+def splits_of(task: TaskConfig, data: DataConfig):
+    return task.hub_splits if data.source == "hub" else task.local_splits
+
+
+def local_file(root: Path, task: str, split: str) -> Path:
+    """The file of a split under ``root``: ``name.gz`` or plain ``name``, whichever exists."""
+    try:
+        relative = LOCAL_FILES[task][split]
+    except KeyError:
+        known = sorted(LOCAL_FILES.get(task, {}))
+        raise ValueError(f"task {task!r} has no local split {split!r} (known: {known})") from None
+    for candidate in (root / f"{relative}.gz", root / relative):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no file for {task}/{split}: expected {root / relative}.gz or "
+                            f"{root / relative} (data.root={root})")
+
+
+def load_split(task: TaskConfig, data: DataConfig, split: str) -> list:
+    """The examples of one split, cut to the configured maximum (first N, file order)."""
+    if task.name not in READERS:
+        raise ValueError(f"config key 'task.name': no reader for {task.name!r} "
+                         f"(known: {sorted(READERS)})")
+    if data.source == "hub":
+        from qbert.data.hub import load_hub_split
+        examples = load_hub_split(task.name, split)
+    else:
+        root = SAMPLE_ROOT if data.source == "sample" else Path(data.root).expanduser()
+        examples = READERS[task.name](local_file(root, task.name, split))
+    is_train = split == splits_of(task, data).train
+    limit = data.max_train_samples if is_train else data.max_eval_samples
+    return examples[:limit] if limit else examples
+
+
+def data_provenance(task: TaskConfig, data: DataConfig) -> dict:
+    """What results.json records about the data: source, folder, splits, protocol."""
+    splits = splits_of(task, data)
+    root = {"sample": str(SAMPLE_ROOT), "local": data.root, "hub": None}[data.source]
+    note = task.local_protocol_note if data.source != "hub" else ""
+    return {"source": data.source, "root": root, "train": splits.train, "val": splits.val,
+            "test": list(splits.test), "protocol_note": note,
+            "max_train_samples": data.max_train_samples, "max_eval_samples": data.max_eval_samples}

@@ -1,0 +1,130 @@
+"""One run, top to bottom: config -> data -> model -> (precision plan -> quantize) -> train ->
+evaluate -> record. Everything a run produces lands in its output folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from qbert.config import RunConfig, validate
+from qbert.data.module import TaskDataModule
+from qbert.data.sources import LABEL_NAMES, data_provenance
+from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
+from qbert.report.record import config_hash, device_info, git_state, versions, write_results
+from qbert.train.module import TaskModule
+from qbert.train.trainer import build_loggers, build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    run_cfg: RunConfig = validate(cfg)  # every range check, once
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(run_cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(run_cfg.seed, workers=True, verbose=False)
+    started = time.perf_counter()
+
+    # data
+    tokenizer = build_tokenizer(run_cfg.model)
+    datamodule = TaskDataModule(run_cfg.task, run_cfg.data, run_cfg.optim, tokenizer, run_cfg.seed)
+
+    # model (a fine-tuned start point, if given)
+    model = build_task_model(run_cfg.model, run_cfg.task, vocab_size=len(tokenizer))
+    if run_cfg.init_from:
+        load_finetuned_(model, run_cfg.init_from)
+
+    # train
+    module = TaskModule(model, run_cfg.task, run_cfg.optim, datamodule, LABEL_NAMES[run_cfg.task.name])
+    run_name = run_dir.name
+    loggers = build_loggers(run_cfg, run_dir, run_name, config)
+    trainer, checkpoint = build_trainer(run_cfg, run_dir, loggers)
+    try:
+        fit_seconds = 0.0
+        if not run_cfg.eval_only:
+            fit_started = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule)
+            fit_seconds = time.perf_counter() - fit_started
+            if run_cfg.trainer.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
+                state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+                module.load_state_dict(state["state_dict"])
+
+        # evaluate
+        test_started = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        test_seconds = time.perf_counter() - test_started
+
+        # record
+        if trainer.is_global_zero:
+            model.save_pretrained(run_dir / "model")
+            tokenizer.save_pretrained(run_dir / "model")
+        results = _results(run_cfg, config, module, datamodule, fit_seconds, test_seconds,
+                           time.perf_counter() - started)
+        if trainer.is_global_zero:
+            write_results(run_dir / "results.json", results)
+            _log_summary(loggers, results)
+            log.info("%s %s: %s", run_cfg.task.name, results["primary_metric_name"], results["primary_metric"])
+            print(_headline(results))
+        return results
+    finally:
+        for logger in loggers:
+            if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
+                import wandb
+                wandb.finish()  # one W&B run per job, also when a job fails
+
+
+def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: TaskDataModule,
+             fit_seconds: float, test_seconds: float, wall_seconds: float) -> dict:
+    model = module.model
+    n_params = sum(p.numel() for p in model.parameters())
+    size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    primary_split = datamodule.splits.test[-1]
+    metrics = module.test_metrics
+    return {
+        "task": run_cfg.task.name,
+        "model": run_cfg.model.name,
+        "method": run_cfg.quant.method,
+        "experiment": run_cfg.experiment_name,
+        "seed": run_cfg.seed,
+        "config_hash": config_hash(config),
+        "primary_metric_name": f"{primary_split}/{run_cfg.task.metric}",
+        "primary_metric": metrics.get(primary_split, {}).get(run_cfg.task.metric),
+        "metrics": metrics,
+        "val_metrics": module.val_metrics,
+        "data": data_provenance(run_cfg.task, run_cfg.data),
+        "weights": {"source": resolve_weights(run_cfg.model), "init_from": run_cfg.init_from},
+        "num_parameters": n_params,
+        "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB"
+        "timing_seconds": {"fit": fit_seconds, "test": test_seconds, "wall": wall_seconds},
+        "steps": int(module.trainer.global_step),
+        "device": device_info(run_cfg.trainer.accelerator),
+        "git": git_state(Path(__file__).resolve().parent),
+        "versions": versions(),
+        "config": config,
+    }
+
+
+def _log_summary(loggers, results: dict) -> None:
+    for logger in loggers:
+        if logger.__class__.__name__ == "WandbLogger":
+            summary = logger.experiment.summary
+            for split, metrics in results["metrics"].items():
+                for name, value in metrics.items():
+                    summary[f"final/{split}/{name}"] = value
+            summary["config_hash"] = results["config_hash"]
+            summary["model_size_mb"] = results["model_size_mb"]
+
+
+def _headline(results: dict) -> str:
+    metric = results["primary_metric"]
+    shown = f"{metric:.2f}" if isinstance(metric, float) else "n/a"
+    note = results["data"]["protocol_note"]
+    return (f"[qbert] {results['task']} / {results['model']} / {results['method']}: "
+            f"{results['primary_metric_name']} = {shown}  "
+            f"(wall {results['timing_seconds']['wall']:.0f} s, results: {results['config']['output_dir']}/results.json)"
+            + (f"\n[qbert] note: {note}" if note else ""))

@@ -1,0 +1,1 @@
+"""Results as files: record one run's results.json; later, aggregate many."""

@@ -1,0 +1,1 @@
+"""Lightning wrappers: the task module, the optimiser, the trainer and its loggers."""

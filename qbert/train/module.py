@@ -1,0 +1,98 @@
+"""One LightningModule for every task: loss from the Hugging Face head, metrics from qbert.eval.
+
+The module owns a (possibly quantized) task model. Validation and test collect each window's
+prediction by its ``feature_index`` and decode them into the task metric at the end of the epoch.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from qbert.config import OptimConfig, TaskConfig
+from qbert.eval.decode import decode
+
+NON_MODEL_KEYS = ("feature_index",)
+
+
+class TaskModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, task: TaskConfig, optim: OptimConfig,
+                 datamodule, label_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.task, self.optim = model, task, optim
+        self.datamodule, self.label_names = datamodule, label_names
+        self._collected: dict[int, dict] = {}
+        self.test_metrics: dict[str, dict[str, float]] = {}
+        self.val_metrics: dict[str, float] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model(**{k: v for k, v in batch.items() if k not in NON_MODEL_KEYS})
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # --- evaluation: collect per-window predictions, decode at epoch end ----------------------
+    def _collect(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
+        output = self(batch)
+        store = self._collected.setdefault(dataloader_idx, {})
+        indices = batch["feature_index"].tolist()
+        if self.task.kind == "question_answering":
+            starts = output.start_logits.float().cpu().numpy()
+            ends = output.end_logits.float().cpu().numpy()
+            for row, index in enumerate(indices):
+                length = int(batch["attention_mask"][row].sum())
+                store[index] = (starts[row, :length], ends[row, :length])
+        else:
+            preds = output.logits.argmax(-1).cpu()
+            for row, index in enumerate(indices):
+                if self.task.kind == "token_classification":
+                    length = int(batch["attention_mask"][row].sum())
+                    store[index] = preds[row, :length].tolist()
+                else:
+                    store[index] = int(preds[row])
+        if output.loss is not None:
+            key = f"test/{self.datamodule.splits.test[dataloader_idx]}/loss" if self.trainer.testing else "val/loss"
+            self.log(key, output.loss, batch_size=len(indices), add_dataloader_idx=False, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._collect(batch, 0)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        predictions = self._collected.pop(0, {})
+        self._collected.clear()
+        if self.trainer.sanity_checking:
+            return
+        split = self.datamodule.splits.val
+        metrics = decode(self.task, self.datamodule.eval_sets[split], predictions, self.label_names)
+        self.val_metrics = metrics
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.task.metric)
+
+    def on_test_epoch_end(self) -> None:
+        for idx, split in enumerate(self.datamodule.splits.test):
+            predictions = self._collected.get(idx, {})
+            metrics = decode(self.task, self.datamodule.eval_sets[split], predictions, self.label_names)
+            self.test_metrics[split] = metrics
+            for name, value in metrics.items():
+                self.log(f"test/{split}/{name}", value, add_dataloader_idx=False)
+        self._collected.clear()
+
+    # --- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.optim.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=self.optim.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optim.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

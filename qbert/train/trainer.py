@@ -1,0 +1,59 @@
+"""Build the Lightning Trainer, its checkpoints and its loggers from typed configs."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from qbert.config import RunConfig
+
+
+def wandb_mode(requested: str | None) -> str:
+    """Online only when credentials exist; otherwise offline, to be synced later."""
+    if requested:
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
+    if run.logger.name == "none":
+        return []
+    if run.logger.name == "csv":
+        return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    tags = list(run.logger.tags) or [run.task.name, run.model.name, run.quant.method]
+    return [WandbLogger(project=run.logger.project, group=run.logger.group or run.experiment_name,
+                        name=run_name, tags=tags, mode=wandb_mode(run.logger.mode),
+                        save_dir=str(run_dir), config=config)]
+
+
+def build_trainer(run: RunConfig, run_dir: Path, loggers: list[Logger]) -> tuple[L.Trainer, ModelCheckpoint | None]:
+    t = run.trainer
+    checkpoint = None
+    callbacks = []
+    if t.save_checkpoints:
+        checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}",
+                                     mode="max", save_top_k=1, save_last=True, filename="best")
+        callbacks.append(checkpoint)
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        deterministic=t.deterministic, max_epochs=run.optim.epochs, max_steps=t.max_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
+        gradient_clip_val=run.optim.grad_clip or None, logger=loggers or False,
+        callbacks=callbacks, enable_checkpointing=t.save_checkpoints, default_root_dir=str(run_dir),
+        num_sanity_val_steps=0, enable_model_summary=False,
+    )
+    return trainer, checkpoint
