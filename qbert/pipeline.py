@@ -47,6 +47,9 @@ def run(cfg: DictConfig) -> dict:
     try:
         fit_seconds = 0.0
         if not run_cfg.eval_only:
+            # from_pretrained returns eval mode and Lightning keeps each module's mode: without
+            # this, fine-tuning would silently run with dropout off.
+            module.train()
             fit_started = time.perf_counter()
             trainer.fit(module, datamodule=datamodule)
             fit_seconds = time.perf_counter() - fit_started

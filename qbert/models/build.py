@@ -140,7 +140,10 @@ def checkpoint_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
 def load_finetuned_(model: PreTrainedModel, source: str | Path) -> PreTrainedModel:
     """Load fine-tuned weights in place; every tensor must match (no silent partial loads)."""
     state = checkpoint_state_dict(source)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch: another task head or another architecture
+        raise ValueError(f"config key 'init_from': {source} does not fit this task/model: {err}") from None
     # Tied or persistent-buffer keys (e.g. position_ids) may legitimately be absent.
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
