@@ -1,0 +1,159 @@
+"""Precision-plan builders for Hugging Face BERT module names.
+
+Per encoder layer ``encoder.layer.{i}`` the six Linear kinds are ``attention.self.{query,key,
+value}``, ``attention.output.dense``, ``intermediate.dense``, ``output.dense``; embeddings are
+``embeddings.{word,position,token_type}_embeddings``. Keys are ``re:`` patterns whose prefix is
+open by default (``prefix=None`` matches ``bert.``, ``model.bert.``, ``roberta.``...), so one plan
+fits BertForSequenceClassification / TokenClassification / QuestionAnswering and a Lightning
+wrapper; pass ``prefix="bert."`` to pin it.
+
+What the builders quantize (Q-BERT quantizes all encoder weights; embeddings at ``e_bits``):
+
+* the 6 encoder Linear kinds of every layer at ``w_bits``, inputs at ``a_bits``;
+* word and position embeddings at ``e_bits`` (token-type embeddings, a 2 x hidden table, stay
+  float unless ``quantize_token_type``), with ``e_groups`` row groups (30522 rows: 1, 2, 3, 6...);
+* **the pooler stays float by default** (``quantize_pooler=False``): it is not part of the
+  encoder, the paper's "Size w/o-e" (324.5 MB) excludes it, only sequence classification has
+  one, and it acts as part of the task head;
+* the task head (``classifier``, ``qa_outputs``) is never matched, so it stays float;
+* LayerNorm, softmax, GELU are never quantized.
+
+Plans are data: ``plan_to_dict(plan)`` is what goes into results.json.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Sequence
+
+from qbert.quant.granularity import Groups
+from qbert.quant.plan import Plan, QuantSpec
+from qbert.quant.primitives import FLOAT_BITS
+
+QKV = r"attention\.self\.(?:query|key|value)"
+ATTN_OUT = r"attention\.output\.dense"
+FFN = r"(?:intermediate|output)\.dense"
+ABLATIONS = ("word_embedding", "position_embedding", "self_attention", "ffn")
+
+
+def _p(prefix: Optional[str]) -> str:
+    return r"(?:.+\.)?" if prefix is None else re.escape(prefix)
+
+
+def _layer(prefix: Optional[str], i: Optional[int], what: str) -> str:
+    idx = r"\d+" if i is None else str(i)
+    return f"re:{_p(prefix)}encoder\\.layer\\.{idx}\\.{what}"
+
+
+def _emb(prefix: Optional[str], table: str) -> str:
+    return f"re:{_p(prefix)}embeddings\\.{table}_embeddings"
+
+
+def _qkv_groups(groups: Groups, heads_as_groups: bool, num_heads: Optional[int]) -> Groups:
+    if not heads_as_groups:
+        return groups
+    if not num_heads:
+        raise ValueError("heads_as_groups=True needs num_heads (config.num_attention_heads)")
+    return num_heads
+
+
+def _layer_entries(prefix: Optional[str], i: Optional[int], spec: Optional[QuantSpec],
+                   qkv_groups: Groups) -> Plan:
+    qkv = None if spec is None else spec.replace(groups=qkv_groups)
+    return [(_layer(prefix, i, QKV), qkv), (_layer(prefix, i, f"(?:{ATTN_OUT}|{FFN})"), spec)]
+
+
+def _embedding_entries(prefix: Optional[str], e_bits: int, e_groups: Groups, symmetric: bool,
+                       token_type: bool, tables: Sequence[str] = ("word", "position")) -> Plan:
+    if e_bits == FLOAT_BITS:
+        return []
+    spec = QuantSpec(w_bits=e_bits, groups=e_groups, a_bits=FLOAT_BITS, symmetric=symmetric)
+    names = [*tables, "token_type"] if token_type else list(tables)
+    return [(_emb(prefix, t), spec) for t in names]
+
+
+def uniform_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, groups: Groups = 1, *,
+                 heads_as_groups: bool = False, num_heads: Optional[int] = None,
+                 e_groups: Groups = 1, symmetric: bool = True, range: str = "minmax",
+                 quantize_pooler: bool = False, quantize_token_type: bool = False,
+                 prefix: Optional[str] = None) -> Plan:
+    """Every encoder Linear at ``w_bits`` with ``groups`` (Q/K/V: one group per head if
+    ``heads_as_groups``), word+position embeddings at ``e_bits``; see module docstring."""
+    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range)
+    plan = _layer_entries(prefix, None, spec, _qkv_groups(groups, heads_as_groups, num_heads))
+    plan += _embedding_entries(prefix, e_bits, e_groups, symmetric, quantize_token_type)
+    if quantize_pooler:
+        plan.append((f"re:{_p(prefix)}pooler\\.dense", spec))
+    return plan
+
+
+def directq_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, **kw: Any) -> Plan:
+    """Q-BERT's DirectQ baseline: uniform bits, one range per matrix."""
+    return uniform_plan(w_bits, e_bits, a_bits, groups=1, **kw)
+
+
+def qbert_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, groups: Groups = 128, **kw: Any) -> Plan:
+    """Q-BERT group-wise quantization (128 groups per matrix by default)."""
+    return uniform_plan(w_bits, e_bits, a_bits, groups=groups, **kw)
+
+
+def q8bert_plan(**kw: Any) -> Plan:
+    """Q8BERT: symmetric 8-bit weights and inputs, per-tensor ranges, all three embeddings."""
+    kw.setdefault("quantize_token_type", True)
+    return uniform_plan(8, 8, 8, groups=1, **kw)
+
+
+def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int = 8,
+                   groups: Groups = 128, *, heads_as_groups: bool = False,
+                   num_heads: Optional[int] = None, e_groups: Groups = 1, symmetric: bool = True,
+                   range: str = "minmax", prefix: Optional[str] = None) -> Plan:
+    """Mixed precision: encoder layer ``i`` at ``bits_per_layer[i]`` (32 = keep it float).
+
+    An entry per layer, so a model with fewer layers fails ("matches no module"); layers
+    beyond the list are not matched and stay float.
+    """
+    if not bits_per_layer:
+        raise ValueError("bits_per_layer is empty")
+    qkv_groups = _qkv_groups(groups, heads_as_groups, num_heads)
+    plan: Plan = []
+    for i, bits in enumerate(bits_per_layer):
+        spec = None if bits == FLOAT_BITS else QuantSpec(
+            w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range)
+        plan += _layer_entries(prefix, i, spec, qkv_groups)
+    return plan + _embedding_entries(prefix, e_bits, e_groups, symmetric, False)
+
+
+def ablation_plan(module: str, bits: int, *, groups: Groups = 128, a_bits: int = 8,
+                  heads_as_groups: bool = False, num_heads: Optional[int] = None,
+                  e_groups: Groups = 1, symmetric: bool = True, prefix: Optional[str] = None) -> Plan:
+    """Quantize one module kind only (Q-BERT's per-module study); everything else float.
+
+    ``module``: ``word_embedding`` | ``position_embedding`` | ``self_attention`` (Q/K/V and
+    the attention output projection) | ``ffn`` (intermediate and output dense).
+    """
+    if module in ("word_embedding", "position_embedding"):
+        return _embedding_entries(prefix, bits, e_groups, symmetric, False, (module.split("_")[0],))
+    spec = QuantSpec(w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric)
+    if module == "self_attention":
+        qkv = spec.replace(groups=_qkv_groups(groups, heads_as_groups, num_heads))
+        return [(_layer(prefix, None, QKV), qkv), (_layer(prefix, None, ATTN_OUT), spec)]
+    if module == "ffn":
+        return [(_layer(prefix, None, FFN), spec)]
+    raise ValueError(f"ablation module={module!r}, expected one of {ABLATIONS}")
+
+
+PLAN_BUILDERS: dict[str, Callable[..., Plan]] = {
+    "uniform": uniform_plan,
+    "directq": directq_plan,
+    "qbert": qbert_plan,
+    "q8bert": q8bert_plan,
+    "layerwise": layerwise_plan,
+    "ablation": ablation_plan,
+}
+
+
+def build_plan(name: str, **kwargs: Any) -> Plan:
+    """Registry dispatch for configs: ``build_plan("qbert", w_bits=4)``."""
+    if name not in PLAN_BUILDERS:
+        raise ValueError(f"unknown plan builder {name!r}; known: {sorted(PLAN_BUILDERS)}")
+    return PLAN_BUILDERS[name](**kwargs)

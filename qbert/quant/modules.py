@@ -1,0 +1,123 @@
+"""Fake-quantized drop-in replacements for ``nn.Linear`` and ``nn.Embedding``.
+
+* Parameters keep their names (``weight``, ``bias``) and are the *same* ``nn.Parameter``
+  objects as in the float module (``from_float`` moves them over, no copy): a float
+  state_dict loads into the quantized model, optimizers built earlier keep working, and tied
+  weights stay tied. The weight stays the latent fp32 weight that QAT updates; ``Q(W)`` is
+  computed at every forward. Bias stays fp32.
+* The only extra state is ``input_quantizer.{running_min,running_max,initialized}`` on a
+  ``QuantLinear`` whose spec has ``a_bits < 32``. A float state_dict lacking them still
+  loads with ``strict=True`` (the ranges are then "not observed yet").
+* ``to_float()`` returns a plain module holding the **original float weights** (so
+  ``dequantize_`` exactly inverts ``quantize_``); ``to_float(bake=True)`` instead stores the
+  fake-quantized weight ``Q(W)`` (what this module computes, minus activation quantization).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qbert.quant.granularity import resolve_groups
+from qbert.quant.plan import QuantSpec
+from qbert.quant.primitives import FLOAT_BITS
+from qbert.quant.quantizers import ActivationQuantizer, WeightQuantizer
+
+
+def _weight_quantizer(spec: QuantSpec, rows: int, name: str) -> WeightQuantizer:
+    resolve_groups(spec.groups, rows, name)  # fail at surgery time, not at the first forward
+    return WeightQuantizer(spec.w_bits, spec.groups, spec.symmetric, spec.range, spec.percentile, name)
+
+
+def _baked(weight: nn.Parameter, quantizer: WeightQuantizer, bake: bool) -> nn.Parameter:
+    if not bake:
+        return weight
+    with torch.no_grad():
+        return nn.Parameter(quantizer(weight).detach().clone(), requires_grad=weight.requires_grad)
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with fake-quantized weight and (if ``a_bits < 32``) fake-quantized input."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 spec: QuantSpec, name: str = "QuantLinear",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.spec = spec
+        self.weight_quantizer = _weight_quantizer(spec, out_features, name)
+        self.input_quantizer: Optional[ActivationQuantizer] = None
+        if spec.a_bits < FLOAT_BITS:
+            # from_float builds on "meta" (no wasted init) and then moves the buffers itself
+            self.input_quantizer = ActivationQuantizer(
+                spec.a_bits, spec.symmetric, spec.momentum, spec.range, spec.percentile,
+                device=None if str(device) == "meta" else device,
+            )
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, spec: QuantSpec, name: str = "QuantLinear") -> "QuantLinear":
+        if type(module) is not nn.Linear:
+            raise TypeError(f"{name}: QuantLinear.from_float needs an nn.Linear, got {type(module).__name__}")
+        new = cls(module.in_features, module.out_features, module.bias is not None,
+                  spec=spec, name=name, device="meta")
+        new.weight, new.bias = module.weight, module.bias  # same Parameter objects
+        if new.input_quantizer is not None:
+            new.input_quantizer.to(module.weight.device)
+        return new.train(module.training)
+
+    def to_float(self, bake: bool = False) -> nn.Linear:
+        out = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        out.weight = _baked(self.weight, self.weight_quantizer, bake)
+        out.bias = self.bias
+        return out.train(self.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantEmbedding(nn.Embedding):
+    """``nn.Embedding`` whose table is fake-quantized with row-group ranges.
+
+    Its input is token ids, so there is no activation quantizer: a spec with ``a_bits < 32``
+    is refused rather than silently ignored.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None,
+                 *, spec: QuantSpec, name: str = "QuantEmbedding",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 **kwargs) -> None:
+        if spec.a_bits < FLOAT_BITS:
+            raise ValueError(f"{name}: an Embedding's input is token ids; set a_bits=32 (got {spec.a_bits})")
+        if spec.w_bits == FLOAT_BITS:
+            raise ValueError(f"{name}: w_bits=32 on an Embedding quantizes nothing; use None in the plan")
+        super().__init__(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype, **kwargs)
+        self.spec = spec
+        self.weight_quantizer = _weight_quantizer(spec, num_embeddings, name)
+
+    @classmethod
+    def from_float(cls, module: nn.Embedding, spec: QuantSpec, name: str = "QuantEmbedding") -> "QuantEmbedding":
+        if type(module) is not nn.Embedding:
+            raise TypeError(f"{name}: QuantEmbedding.from_float needs an nn.Embedding, got {type(module).__name__}")
+        new = cls(module.num_embeddings, module.embedding_dim, module.padding_idx, spec=spec, name=name,
+                  device="meta", max_norm=module.max_norm, norm_type=module.norm_type,
+                  scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
+        new.weight = module.weight
+        return new.train(module.training)
+
+    def to_float(self, bake: bool = False) -> nn.Embedding:
+        out = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device="meta",
+                           max_norm=self.max_norm, norm_type=self.norm_type,
+                           scale_grad_by_freq=self.scale_grad_by_freq, sparse=self.sparse)
+        out.weight = _baked(self.weight, self.weight_quantizer, bake)
+        return out.train(self.training)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight_quantizer(self.weight), self.padding_idx, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+
+
+QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}

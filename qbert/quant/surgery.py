@@ -1,0 +1,89 @@
+"""Model surgery: ``quantize_`` / ``dequantize_`` in place, and ``quantization_map``.
+
+Round trip of a quantized run (the map is JSON, stored in results.json and the checkpoint)::
+
+    qmap = quantization_map(model)                    # {exact name: spec dict}
+    fresh = build_model(cfg)                          # same architecture, float
+    quantize_(fresh, qmap)                            # same modules, same buffers
+    fresh.load_state_dict(state_dict)                 # strict=True works
+
+Module names are relative to the module you pass: for a LightningModule holding the HF model
+as ``self.model``, call ``quantize_(lit.model, plan)`` (names start with ``bert.``), or pass
+``lit`` and let regex keys with an open prefix (the ``bert_plans`` builders' default) match
+``model.bert...``. Only ``nn.Linear``/``nn.Embedding`` (exact types) are replaced;
+LayerNorm, softmax, GELU, dropout are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from torch import nn
+
+from qbert.quant.modules import QUANT_MODULES, QuantEmbedding, QuantLinear
+from qbert.quant.plan import PlanLike, assign
+from qbert.quant.quantizers import ActivationQuantizer
+
+QUANTIZED_TYPES = (QuantLinear, QuantEmbedding)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantize_(model: nn.Module, plan: PlanLike) -> nn.Module:
+    """Replace the Linear/Embedding modules selected by ``plan`` with fake-quantized ones.
+
+    In place; returns ``model`` for chaining. Errors (before anything is replaced): an entry
+    matching no module, a plan quantizing nothing (``ValueError``); a spec on an unsupported
+    module type (``TypeError``); a selected module that is already quantized, or whose group
+    count does not divide its rows (``ValueError`` naming module and numbers).
+    """
+    modules = list(model.named_modules())
+    chosen = assign(plan, ((n, type(m).__name__, type(m) in QUANT_MODULES or isinstance(m, QUANTIZED_TYPES))
+                           for n, m in modules))
+    by_name = dict(modules)
+    already = [n for n in chosen if isinstance(by_name[n], QUANTIZED_TYPES)]
+    if already:
+        raise ValueError(f"modules already quantized (call dequantize_ first): {already}")
+    # Build every replacement first, so a bad group count leaves the model untouched.
+    new = {n: QUANT_MODULES[type(by_name[n])].from_float(by_name[n], spec, name=n) for n, spec in chosen.items()}
+    for n, q in new.items():
+        _set_submodule(model, n, q)
+    return model
+
+
+def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
+    """Inverse of ``quantize_``: plain modules with the float weights (``bake``: with Q(W))."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QUANTIZED_TYPES):
+            _set_submodule(model, name, m.to_float(bake=bake))
+    return model
+
+
+def quantization_map(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module name: spec dict}`` of what is actually quantized; JSON-able and a valid plan."""
+    return {n: m.spec.to_dict() for n, m in model.named_modules() if isinstance(m, QUANTIZED_TYPES)}
+
+
+def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
+
+
+@contextlib.contextmanager
+def calibration(model: nn.Module) -> Iterator[nn.Module]:
+    """Let activation quantizers update their EMA ranges even in eval mode (PTQ calibration).
+
+    ``with calibration(model.eval()): for b in batches: model(**b)`` observes ranges without
+    dropout; on exit the ranges are frozen again.
+    """
+    quantizers = list(activation_quantizers(model).values())
+    for q in quantizers:
+        q.observing = True
+    try:
+        yield model
+    finally:
+        for q in quantizers:
+            q.observing = False
