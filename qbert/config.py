@@ -20,7 +20,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 TASK_KINDS = ("classification", "token_classification", "question_answering")
 DATA_SOURCES = ("sample", "local", "hub")
-QUANT_METHODS = ("none",)
+QUANT_METHODS = ("none", "directq", "qbert", "ablation")
+ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "ffn")
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
 LOGGERS = ("none", "csv", "wandb")
 EVAL_CHECKPOINTS = ("last", "best")
 
@@ -113,10 +115,26 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
-    method: str = "none"
+    """How to quantize: a method picks the precision-plan builder, the rest are its knobs."""
+
+    method: str = "none"  # none | directq (one range per matrix) | qbert (group-wise) | ablation
+    w_bits: int = 8  # encoder Linear weights
+    e_bits: int = 8  # word and position embeddings
+    a_bits: int = 8  # inputs of every quantized Linear (EMA ranges)
+    groups: int = 128  # row groups per matrix (qbert); directq always uses 1
+    heads_as_groups: bool = False  # Q/K/V: one group per attention head instead of `groups`
+    symmetric: bool = True
+    module: Optional[str] = None  # ablation only: the one module kind that is quantized
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
+        for key in ("w_bits", "e_bits", "a_bits"):
+            _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
+        _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
+        if self.method == "ablation":
+            _one_of(self.module, ABLATION_MODULES, "quant.module")
+        else:
+            _check(self.module is None, "quant.module", f"only used by quant=ablation, not {self.method}")
 
 
 @dataclass
@@ -195,6 +213,9 @@ class RunConfig:
     output_dir: str = "."  # filled from Hydra's run dir
     # Evaluate `init_from` without training (e.g. a post-training quantization baseline).
     eval_only: bool = False
+    # Quantized runs start from the full-precision fine-tuned model of the same task, model,
+    # data and seed, produced here once (or reused when already there) unless init_from is set.
+    finetuned_dir: str = "outputs/finetuned"
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")

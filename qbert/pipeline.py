@@ -3,6 +3,7 @@ evaluate -> record. Everything a run produces lands in its output folder."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -11,10 +12,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qbert.config import RunConfig, validate
+from qbert.config import QuantConfig, RunConfig, validate
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
+from qbert.quant import quantization_map, quantize_, size_from_model
+from qbert.quant.methods import plan_for
 from qbert.report.record import config_hash, device_info, git_state, versions, write_results
 from qbert.train.module import TaskModule
 from qbert.train.trainer import build_loggers, build_trainer
@@ -34,10 +37,18 @@ def run(cfg: DictConfig) -> dict:
     tokenizer = build_tokenizer(run_cfg.model)
     datamodule = TaskDataModule(run_cfg.task, run_cfg.data, run_cfg.optim, tokenizer, run_cfg.seed)
 
-    # model (a fine-tuned start point, if given)
+    # model (a fine-tuned start point, if given; quantized runs always have one)
     model = build_task_model(run_cfg.model, run_cfg.task, vocab_size=len(tokenizer))
-    if run_cfg.init_from:
-        load_finetuned_(model, run_cfg.init_from)
+    init_from = run_cfg.init_from
+    if init_from is None and run_cfg.quant.method != "none":
+        init_from = finetuned_start(cfg)
+    if init_from:
+        load_finetuned_(model, init_from)
+
+    # precision plan -> quantize (fake quantization; QAT fine-tunes it below)
+    plan = plan_for(run_cfg.quant, model.config.num_attention_heads)
+    if plan is not None:
+        quantize_(model, plan)
 
     # train
     module = TaskModule(model, run_cfg.task, run_cfg.optim, datamodule, LABEL_NAMES[run_cfg.task.name])
@@ -64,10 +75,9 @@ def run(cfg: DictConfig) -> dict:
 
         # record
         if trainer.is_global_zero:
-            model.save_pretrained(run_dir / "model")
-            tokenizer.save_pretrained(run_dir / "model")
+            save_model(model, tokenizer, run_dir / "model")
         results = _results(run_cfg, config, module, datamodule, fit_seconds, test_seconds,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, init_from)
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)
             _log_summary(loggers, results)
@@ -81,11 +91,38 @@ def run(cfg: DictConfig) -> dict:
                 wandb.finish()  # one W&B run per job, also when a job fails
 
 
+def finetuned_start(cfg: DictConfig) -> str:
+    """The full-precision fine-tuned run a quantized run starts from: reused when its folder
+    already holds results, else produced now by the same pipeline with quant=none."""
+    fp_cfg = cfg.copy()
+    fp_cfg.quant = OmegaConf.structured(QuantConfig())
+    fp_cfg.eval_only = False
+    fp_cfg.output_dir = "."  # excluded from the hash, replaced below
+    folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
+    if (folder / "results.json").is_file():
+        log.info("reusing the full-precision fine-tuned model in %s", folder)
+        return str(folder)
+    log.info("no full-precision fine-tuned model yet: training one in %s", folder)
+    fp_cfg.output_dir = str(folder)
+    run(fp_cfg)
+    return str(folder)
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Weights (safetensors), tokenizer and, for a quantized model, the plan that rebuilds it."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    qmap = quantization_map(model)
+    if qmap:
+        (folder / "quantization_map.json").write_text(json.dumps(qmap, indent=2) + "\n")
+
+
 def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: TaskDataModule,
-             fit_seconds: float, test_seconds: float, wall_seconds: float) -> dict:
+             fit_seconds: float, test_seconds: float, wall_seconds: float, init_from: str | None) -> dict:
     model = module.model
     n_params = sum(p.numel() for p in model.parameters())
     size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    qmap = quantization_map(model)
     primary_split = datamodule.splits.test[-1]
     metrics = module.test_metrics
     return {
@@ -100,9 +137,11 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "metrics": metrics,
         "val_metrics": module.val_metrics,
         "data": data_provenance(run_cfg.task, run_cfg.data),
-        "weights": {"source": resolve_weights(run_cfg.model), "init_from": run_cfg.init_from},
+        "weights": {"source": resolve_weights(run_cfg.model), "init_from": init_from},
         "num_parameters": n_params,
-        "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB"
+        "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB": the float tensors in memory
+        "quantization_map": qmap,
+        "size": size_from_model(model).to_dict(),  # the accounted size of the quantized model
         "timing_seconds": {"fit": fit_seconds, "test": test_seconds, "wall": wall_seconds},
         "steps": int(module.trainer.global_step),
         "device": device_info(run_cfg.trainer.accelerator),

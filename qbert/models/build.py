@@ -8,6 +8,7 @@ Hugging Face hub), or nowhere: a random model of the configured size (``model=ti
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -137,8 +138,26 @@ def checkpoint_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
+def saved_quantization_map(source: str | Path) -> dict | None:
+    """The plan a quantized run was saved with (run folder or .ckpt), None for a float one."""
+    source = Path(source)
+    if source.is_dir():
+        path = source / "model" / "quantization_map.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    if source.is_file():
+        return torch.load(source, map_location="cpu", weights_only=True).get("quantization_map") or None
+    return None
+
+
 def load_finetuned_(model: PreTrainedModel, source: str | Path) -> PreTrainedModel:
-    """Load fine-tuned weights in place; every tensor must match (no silent partial loads)."""
+    """Load fine-tuned weights in place; every tensor must match (no silent partial loads).
+
+    A quantized run is rebuilt first from its saved quantization map (build -> quantize_ -> load).
+    """
+    qmap = saved_quantization_map(source)
+    if qmap:
+        from qbert.quant import plan_from_dict, quantize_
+        quantize_(model, plan_from_dict(qmap))
     state = checkpoint_state_dict(source)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -12,6 +12,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from qbert.config import OptimConfig, TaskConfig
 from qbert.eval.decode import decode
+from qbert.quant import quantization_map
 
 NON_MODEL_KEYS = ("feature_index",)
 
@@ -82,6 +83,10 @@ class TaskModule(L.LightningModule):
             for name, value in metrics.items():
                 self.log(f"test/{split}/{name}", value, add_dataloader_idx=False)
         self._collected.clear()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The plan travels with the weights, so a checkpoint can be rebuilt on its own.
+        checkpoint["quantization_map"] = quantization_map(self.model)
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -1,0 +1,40 @@
+"""Quantization methods as config: ``quant.method`` -> a precision plan for a task model."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from qbert.config import QuantConfig
+from qbert.quant.bert_plans import ablation_plan, directq_plan, qbert_plan
+from qbert.quant.plan import Plan
+
+
+def _directq(cfg: QuantConfig, num_heads: int) -> Plan:
+    return directq_plan(cfg.w_bits, cfg.e_bits, cfg.a_bits, symmetric=cfg.symmetric)
+
+
+def _qbert(cfg: QuantConfig, num_heads: int) -> Plan:
+    return qbert_plan(cfg.w_bits, cfg.e_bits, cfg.a_bits, groups=cfg.groups, symmetric=cfg.symmetric,
+                      heads_as_groups=cfg.heads_as_groups, num_heads=num_heads)
+
+
+def _ablation(cfg: QuantConfig, num_heads: int) -> Plan:
+    return ablation_plan(cfg.module, cfg.w_bits, groups=cfg.groups, a_bits=cfg.a_bits,
+                         heads_as_groups=cfg.heads_as_groups, num_heads=num_heads, symmetric=cfg.symmetric)
+
+
+METHODS: dict[str, Callable[[QuantConfig, int], Plan]] = {
+    "directq": _directq,
+    "qbert": _qbert,
+    "ablation": _ablation,
+}
+
+
+def plan_for(cfg: QuantConfig, num_heads: int) -> Plan | None:
+    """The precision plan of a method, or None for full precision."""
+    if cfg.method == "none":
+        return None
+    if cfg.method not in METHODS:
+        raise ValueError(f"config key 'quant.method': no plan builder for {cfg.method!r} "
+                         f"(known: {sorted(METHODS)})")
+    return METHODS[cfg.method](cfg, num_heads)

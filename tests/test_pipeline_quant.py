@@ -1,0 +1,70 @@
+"""Quantized runs through the whole pipeline: FP start produced once, QAT, plan recorded, rebuilt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import FAST
+from qbert.config import validate
+from qbert.pipeline import run
+
+QUANT = [*FAST, "quant.groups=32"]  # the tiny BERT has 32- and 64-row matrices
+
+
+def test_qat_starts_from_a_finetuned_model_made_once(compose_cfg, tmp_path):
+    ft = f"finetuned_dir={tmp_path / 'ft'}"
+    first = run(compose_cfg(["task=sst2", "quant=qbert", "quant.w_bits=4", *QUANT, ft], output_dir=tmp_path / "q4"))
+    made = list((tmp_path / "ft").iterdir())
+    assert len(made) == 1 and (made[0] / "results.json").is_file()
+    assert first["weights"]["init_from"] == str(made[0])
+    second = run(compose_cfg(["task=sst2", "quant=directq", "quant.w_bits=2", *QUANT, ft], output_dir=tmp_path / "d2"))
+    assert list((tmp_path / "ft").iterdir()) == made  # reused, not retrained
+    assert second["weights"]["init_from"] == str(made[0])
+
+    qmap = first["quantization_map"]
+    assert qmap and all(spec["w_bits"] == 4 for name, spec in qmap.items() if "encoder" in name)
+    assert {spec["groups"] for name, spec in qmap.items() if "encoder" in name} == {32}
+    assert {spec["groups"] for name, spec in second["quantization_map"].items() if "encoder" in name} == {1}
+    assert not any(name.endswith("classifier") for name in qmap)  # the task head stays float
+    # 4-bit weights: at most 8x smaller than fp32; on this tiny model each 32-value group row
+    # also stores two fp32 range values (2 bits per weight), so about 5.9x.
+    assert 5 < first["size"]["encoder"]["compression"] < 8
+    saved = json.loads((tmp_path / "q4" / "model" / "quantization_map.json").read_text())
+    assert saved == qmap
+
+
+def test_a_quantized_run_is_rebuilt_from_its_folder(compose_cfg, tmp_path):
+    trained = run(compose_cfg(["task=conll03", "quant=qbert", "quant.w_bits=3", *QUANT,
+                               f"finetuned_dir={tmp_path / 'ft'}"], output_dir=tmp_path / "q3"))
+    again = run(compose_cfg(["task=conll03", *FAST, f"init_from={tmp_path / 'q3'}", "eval_only=true"],
+                            output_dir=tmp_path / "eval"))
+    assert again["quantization_map"] == trained["quantization_map"]
+    assert again["metrics"] == trained["metrics"]
+
+
+@pytest.mark.parametrize("module", ["word_embedding", "position_embedding", "self_attention", "ffn"])
+def test_module_ablations_quantize_only_their_module(compose_cfg, tmp_path, module):
+    results = run(compose_cfg(["task=sst2", "quant=ablation", f"quant.module={module}", *QUANT,
+                               f"finetuned_dir={tmp_path / 'ft'}"], output_dir=tmp_path / module))
+    names = set(results["quantization_map"])
+    expected = {"word_embedding": ("word_embeddings",), "position_embedding": ("position_embeddings",),
+                "self_attention": ("attention.self.", "attention.output.dense"),
+                "ffn": ("intermediate.dense", "layer.0.output.dense", "layer.1.output.dense")}[module]
+    assert names and all(any(part in n for part in expected) for n in names)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("quant.w_bits=1", "quant.w_bits"), ("quant.a_bits=16", "quant.a_bits"), ("quant.groups=0", "quant.groups"),
+    ("quant.module=ffn", "quant.module"),
+])
+def test_quant_config_errors_name_the_key(compose_cfg, override, key):
+    with pytest.raises(ValueError, match=f"config key '{key}'"):
+        validate(compose_cfg(["quant=qbert", override]))
+
+
+def test_groups_that_do_not_divide_the_rows_fail_naming_the_module(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match="encoder.layer.0"):
+        run(compose_cfg(["task=sst2", "quant=qbert", *FAST, "quant.groups=128",
+                         f"finetuned_dir={tmp_path / 'ft'}"], output_dir=tmp_path / "bad"))
