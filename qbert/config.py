@@ -125,9 +125,15 @@ class QuantConfig:
     heads_as_groups: bool = False  # Q/K/V: one group per attention head instead of `groups`
     symmetric: bool = True
     module: Optional[str] = None  # ablation only: the one module kind that is quantized
+    # Quantization-aware fine-tuning recipe; null = the task's optim settings. They change the
+    # QAT stage only, not the full-precision start it is fine-tuned from.
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
+        _check(self.epochs is None or self.epochs >= 1, "quant.epochs", f"must be >= 1 or null, got {self.epochs}")
+        _check(self.lr is None or 0 < self.lr < 1, "quant.lr", f"must be in (0, 1) or null, got {self.lr}")
         for key in ("w_bits", "e_bits", "a_bits"):
             _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
         _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
@@ -219,6 +225,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        if self.quant.method != "none":  # the QAT stage's recipe
+            self.optim.epochs = self.quant.epochs or self.optim.epochs
+            self.optim.lr = self.quant.lr or self.optim.lr
         _check(not self.eval_only or self.init_from is not None or self.model.path is not None
                or self.model.package is not None or self.model.hub_id is not None,
                "eval_only", "needs weights to evaluate: set init_from or a pretrained model")

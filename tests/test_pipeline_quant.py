@@ -68,3 +68,10 @@ def test_groups_that_do_not_divide_the_rows_fail_naming_the_module(compose_cfg, 
     with pytest.raises(ValueError, match="encoder.layer.0"):
         run(compose_cfg(["task=sst2", "quant=qbert", *FAST, "quant.groups=128",
                          f"finetuned_dir={tmp_path / 'ft'}"], output_dir=tmp_path / "bad"))
+
+
+def test_qat_recipe_changes_only_the_quantized_stage(compose_cfg):
+    qat = validate(compose_cfg(["task=sst2", "quant=qbert", "quant.epochs=1", "quant.lr=1e-5"]))
+    assert (qat.optim.epochs, qat.optim.lr) == (1, 1e-5)
+    fp = validate(compose_cfg(["task=sst2", "quant.epochs=1"]))  # quant=none: the recipe is ignored
+    assert (fp.optim.epochs, fp.optim.lr) == (3, 3e-5)

@@ -1,0 +1,87 @@
+"""DirectQ vs Q-BERT after quantization-aware fine-tuning, at w-bits 8/4/3/2 (e8, a8): one task.
+
+One Hydra multirun: the first job fine-tunes the full-precision start (stored under the sweep's
+``finetuned/`` folder), every job reuses it and fine-tunes its quantized copy. Writes
+``<sweep>/quant_table.json`` and a Markdown table with the size column. Example (CPU, the
+committed SST-2 sample, one QAT epoch):
+
+    python experiments/quant_table.py --task sst2 --name qbert_sst2_cpu -- \
+        data.source=sample optim.epochs=2 quant.epochs=1
+
+Everything after ``--`` is passed to qbert as overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METHOD_NAMES = {"none": "Baseline", "directq": "DirectQ", "qbert": "Q-BERT"}
+
+
+def row(results: dict) -> dict:
+    quant = results["config"]["quant"]
+    size = results["size"]
+    return {
+        "method": METHOD_NAMES.get(results["method"], results["method"]),
+        "w_bits": quant["w_bits"] if results["method"] != "none" else 32,
+        "e_bits": quant["e_bits"] if results["method"] != "none" else 32,
+        "a_bits": quant["a_bits"] if results["method"] != "none" else 32,
+        "groups": quant["groups"] if results["method"] == "qbert" else 1,
+        "metric": results["primary_metric_name"], "value": results["primary_metric"],
+        "metrics": results["metrics"], "size_wo_e_mib": size["encoder"]["mib"],
+        "embedding_mib": size["embeddings"]["mib"], "fit_seconds": results["timing_seconds"]["fit"],
+        "steps": results["steps"], "config_hash": results["config_hash"],
+    }
+
+
+def collect(sweep_dir: Path) -> list[dict]:
+    paths = sorted(sweep_dir.glob("finetuned/*/results.json")) + sorted(sweep_dir.glob("*/results.json"))
+    rows = [row(json.loads(p.read_text())) for p in paths]
+    return sorted(rows, key=lambda r: (r["method"] != "Baseline", -r["w_bits"], r["method"]))
+
+
+def markdown(rows: list[dict]) -> str:
+    base = next((r["value"] for r in rows if r["method"] == "Baseline"), None)
+    lines = ["| Method | w-bits | e-bits | a-bits | groups | metric | Δ vs baseline | Size w/o-e (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "" if base is None or r["method"] == "Baseline" else f"{r['value'] - base:+.2f}"
+        lines.append(f"| {r['method']} | {r['w_bits']} | {r['e_bits']} | {r['a_bits']} | {r['groups']} | "
+                     f"{r['value']:.2f} | {delta} | {r['size_wo_e_mib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--bits", default="8,4,3,2")
+    parser.add_argument("--methods", default="directq,qbert")
+    parser.add_argument("--name", default=None, help="experiment name (sweep folder)")
+    parser.add_argument("overrides", nargs="*", help="qbert overrides, after --")
+    args = parser.parse_args()
+
+    name = args.name or f"quant_table_{args.task}"
+    sweep_dir = REPO / "outputs" / "multirun" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    command = [sys.executable, "-m", "qbert.cli", "-m", f"task={args.task}", f"quant={args.methods}",
+               f"quant.w_bits={args.bits}", f"experiment_name={name}", f"hydra.sweep.dir={sweep_dir}",
+               f"finetuned_dir={sweep_dir / 'finetuned'}", *args.overrides]
+    print("running:", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True)
+    rows = collect(sweep_dir)
+    summary = {"command": " ".join(command), "wall_seconds": time.perf_counter() - started, "rows": rows}
+    (sweep_dir / "quant_table.json").write_text(json.dumps(summary, indent=2) + "\n")
+    table = markdown(rows)
+    (sweep_dir / "quant_table.md").write_text(table + "\n")
+    print(table)
+    print("wrote", sweep_dir / "quant_table.json")
+
+
+if __name__ == "__main__":
+    main()
