@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.plan import QuantSpec
-from qbert.quant.primitives import FLOAT_BITS
+from qbert.quant.primitives import FLOAT_BITS, fake_quantize
 from qbert.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
 
@@ -116,8 +116,17 @@ class QuantEmbedding(nn.Embedding):
         return out.train(self.training)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.weight_quantizer(self.weight), self.padding_idx, self.max_norm,
-                           self.norm_type, self.scale_grad_by_freq, self.sparse)
+        """Look up, then fake-quantize only the rows looked up, with their groups' ranges.
+
+        The same values as quantizing the whole table first (ranges still come from the whole
+        table), without a pass over all 30k rows of a word embedding at every step."""
+        rows = F.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+        q = self.weight_quantizer
+        scale, zero_point = q.qparams(self.weight)  # [G, 1, 1]
+        group = ids // (self.num_embeddings // scale.shape[0])
+        scale, zero_point = scale.reshape(-1)[group].unsqueeze(-1), zero_point.reshape(-1)[group].unsqueeze(-1)
+        return fake_quantize(rows, scale, zero_point, q.bits, q.symmetric)
 
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}

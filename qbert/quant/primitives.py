@@ -84,8 +84,11 @@ def compute_qparams(
 
 
 def _grid(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    """Unclamped grid coordinate ``round(x / scale) + zero_point`` (float)."""
-    return torch.round(x / scale) + zero_point.to(scale.dtype)
+    """Unclamped grid coordinate ``round(x * (1 / scale)) + zero_point`` (float).
+
+    Multiplying by the reciprocal, as PyTorch's fused fake-quant kernels do, keeps ties on the
+    same side in both paths, so fake_quantize == dequantize(quantize(...)) exactly."""
+    return torch.round(x * (1.0 / scale)) + zero_point.to(scale.dtype)
 
 
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool) -> Tensor:
@@ -123,7 +126,19 @@ def fake_quantize(
     if check_bits(bits) == FLOAT_BITS:
         return x
     qmin, qmax = qrange(bits, symmetric)
-    return _FakeQuantSTE.apply(x, scale.detach(), zero_point.detach(), qmin, qmax)
+    scale, zero_point = scale.detach().float(), zero_point.detach().to(torch.int32)
+    # PyTorch's fused kernels (one pass forward, a cached mask backward: the same STE) cover a
+    # per-tensor range and one range per leading index, which is every weight group and every
+    # activation here; anything else broadcasts through the generic autograd function.
+    if scale.numel() == 1:
+        out = torch.fake_quantize_per_tensor_affine(x.float(), scale.reshape(()), zero_point.reshape(()),
+                                                    qmin, qmax)
+    elif x.ndim >= 1 and scale.shape == (x.shape[0],) + (1,) * (x.ndim - 1) and scale.shape == zero_point.shape:
+        out = torch.fake_quantize_per_channel_affine(x.float(), scale.reshape(-1), zero_point.reshape(-1),
+                                                     0, qmin, qmax)
+    else:
+        out = _FakeQuantSTE.apply(x.float(), scale, zero_point, qmin, qmax)
+    return out.to(x.dtype)
 
 
 def _reduce_dims(ndim: int, dim: int | Sequence[int] | None) -> list[int]:
@@ -148,10 +163,13 @@ def range_from_tensor(
     x = x.detach()
     dims = _reduce_dims(x.ndim, dim)
     keep_shape = [1 if d in dims else s for d, s in enumerate(x.shape)]
-    if method == "minmax":
+    if method == "minmax":  # one pass with aminmax: ranges are taken at every training step
         if dim is None:
-            return x.amin(), x.amax()
-        return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+            return torch.aminmax(x)
+        kept = [d for d in range(x.ndim) if d not in dims]
+        flat = x.permute(*kept, *dims).reshape(*[x.shape[d] for d in kept], -1)
+        lo, hi = torch.aminmax(flat, dim=-1)
+        return lo.reshape(keep_shape), hi.reshape(keep_shape)
     if method != "percentile":
         raise ValueError(f"range method={method!r} is not supported: use one of {RANGE_METHODS}")
     if not 0.0 < percentile <= 100.0:

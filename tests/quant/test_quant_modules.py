@@ -81,3 +81,42 @@ def test_quant_embedding():
     assert type(back) is nn.Embedding and back.weight is emb.weight and back.padding_idx == 0
     with pytest.raises(ValueError, match="a_bits=32"):
         QuantEmbedding.from_float(emb, QuantSpec(w_bits=8, a_bits=8))
+
+
+@pytest.mark.parametrize("groups,symmetric", [(1, True), (1, False), (4, True), (4, False)])
+def test_embedding_lookup_then_quantize_equals_quantizing_the_table(groups, symmetric):
+    """The fast path (quantize looked-up rows only) gives the values and gradients of the slow one."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(40, 6)
+    spec = QuantSpec(w_bits=3, groups=groups, a_bits=32, symmetric=symmetric)
+    fast = QuantEmbedding.from_float(emb, spec)
+    ids = torch.tensor([[0, 5, 39, 5], [12, 13, 20, 31]])
+    out = fast(ids)
+    table = fast.weight_quantizer(fast.weight)  # the whole table, quantized the straightforward way
+    assert torch.equal(out, F.embedding(ids, table))
+    out.pow(2).sum().backward()
+    fast_grad = fast.weight.grad.clone()
+    fast.weight.grad = None
+    F.embedding(ids, fast.weight_quantizer(fast.weight)).pow(2).sum().backward()
+    assert torch.allclose(fast_grad, fast.weight.grad)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(2, True), (4, False), (8, True)])
+def test_fused_and_generic_fake_quant_paths_agree(bits, symmetric):
+    """Per-tensor and per-group scales take PyTorch's fused kernels; an odd broadcast the generic
+    autograd function: all three give the same values and the same STE gradient."""
+    torch.manual_seed(1)
+    w = torch.randn(8, 5, 3) * 3
+    scale, zero_point = group_qparams(w.reshape(8, 15), 8, bits, symmetric)  # [8, 1, 1]
+    scale = scale * 0.5  # ranges half too small: the largest values clip
+    fused_in = w.clone().requires_grad_()
+    fused = fake_quantize(fused_in, scale, zero_point, bits, symmetric)
+    generic_in = w.clone().requires_grad_()
+    # [8, 1, 1] scale broadcast against [8, 5, 3] through a transposed view takes the generic path.
+    generic = fake_quantize(generic_in.transpose(0, 2), scale.transpose(0, 2), zero_point.transpose(0, 2),
+                            bits, symmetric).transpose(0, 2)
+    assert torch.equal(fused, generic)
+    fused.sum().backward()
+    generic.sum().backward()
+    assert torch.equal(fused_in.grad, generic_in.grad)
+    assert 0 < fused_in.grad.sum() < w.numel()  # some values were clipped, some passed
