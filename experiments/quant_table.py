@@ -41,8 +41,11 @@ def row(results: dict) -> dict:
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    paths = sorted(sweep_dir.glob("finetuned/*/results.json")) + sorted(sweep_dir.glob("*/results.json"))
-    rows = [row(json.loads(p.read_text())) for p in paths]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+    # The baseline is the full-precision start the jobs were fine-tuned from.
+    starts = sorted({j["weights"]["init_from"] for j in jobs if j["weights"]["init_from"]})
+    baselines = [json.loads((Path(s) / "results.json").read_text()) for s in starts]
+    rows = [row(r) for r in baselines + jobs]
     return sorted(rows, key=lambda r: (r["method"] != "Baseline", -r["w_bits"], r["method"]))
 
 
@@ -59,12 +62,17 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--task", help="sst2 | mnli | conll03 | squad (required unless --collect)")
     parser.add_argument("--bits", default="8,4,3,2")
     parser.add_argument("--methods", default="directq,qbert")
     parser.add_argument("--name", default=None, help="experiment name (sweep folder)")
+    parser.add_argument("--collect", type=Path, default=None, help="only (re)write the table of a finished sweep")
     parser.add_argument("overrides", nargs="*", help="qbert overrides, after --")
     args = parser.parse_args()
+    if args.collect:
+        return write_table(args.collect, collect(args.collect), command=None, wall_seconds=None)
+    if not args.task:
+        parser.error("--task is required (or --collect SWEEP_DIR)")
 
     name = args.name or f"quant_table_{args.task}"
     sweep_dir = REPO / "outputs" / "multirun" / name / time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -74,8 +82,11 @@ def main() -> None:
     print("running:", " ".join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True)
-    rows = collect(sweep_dir)
-    summary = {"command": " ".join(command), "wall_seconds": time.perf_counter() - started, "rows": rows}
+    write_table(sweep_dir, collect(sweep_dir), " ".join(command), time.perf_counter() - started)
+
+
+def write_table(sweep_dir: Path, rows: list[dict], command: str | None, wall_seconds: float | None) -> None:
+    summary = {"command": command, "wall_seconds": wall_seconds, "rows": rows}
     (sweep_dir / "quant_table.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = markdown(rows)
     (sweep_dir / "quant_table.md").write_text(table + "\n")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
 from qbert.config import CONF_DIR, register_configs
 
 register_configs()
-# Lightning prints through its own handler; Hydra's root handler already prints and files it.
-logging.getLogger("lightning.pytorch").handlers.clear()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")

@@ -23,6 +23,10 @@ from qbert.train.module import TaskModule
 from qbert.train.trainer import build_loggers, build_trainer
 
 log = logging.getLogger(__name__)
+# Lightning prints through a handler of its own; under Hydra the root logger already prints and
+# files every record, so without this each Lightning line would appear twice.
+for name in ("lightning", "lightning.pytorch"):
+    logging.getLogger(name).handlers.clear()
 
 
 def run(cfg: DictConfig) -> dict:
@@ -31,6 +35,8 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(run_cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
+    if run_cfg.trainer.accelerator != "cpu":
+        torch.set_float32_matmul_precision("high")  # TF32 for what bf16 autocast leaves in fp32
     started = time.perf_counter()
 
     # data

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from qbert_testing import FAST
 from qbert.pipeline import run
 
 RESULT_FIELDS = {"task", "model", "method", "seed", "config_hash", "primary_metric_name", "primary_metric",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import FAST
+from qbert_testing import FAST
 from qbert.config import validate
 from qbert.pipeline import run
 

@@ -36,6 +36,8 @@ def git_state(cwd: Path | None = None) -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
     sha = git("rev-parse", "HEAD")
+    if sha is None:  # not a git checkout (e.g. a copied working tree): unknown, not clean
+        return {"sha": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
