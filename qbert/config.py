@@ -129,11 +129,14 @@ class QuantConfig:
     # QAT stage only, not the full-precision start it is fine-tuned from.
     epochs: Optional[int] = None
     lr: Optional[float] = None
+    # Post-training quantization (eval_only=true): training batches that set activation ranges.
+    calibration_batches: int = 16
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
         _check(self.epochs is None or self.epochs >= 1, "quant.epochs", f"must be >= 1 or null, got {self.epochs}")
         _check(self.lr is None or 0 < self.lr < 1, "quant.lr", f"must be in (0, 1) or null, got {self.lr}")
+        _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
         for key in ("w_bits", "e_bits", "a_bits"):
             _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
         _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
@@ -228,9 +231,10 @@ class RunConfig:
         if self.quant.method != "none":  # the QAT stage's recipe
             self.optim.epochs = self.quant.epochs or self.optim.epochs
             self.optim.lr = self.quant.lr or self.optim.lr
-        _check(not self.eval_only or self.init_from is not None or self.model.path is not None
-               or self.model.package is not None or self.model.hub_id is not None,
-               "eval_only", "needs weights to evaluate: set init_from or a pretrained model")
+        has_weights = (self.init_from is not None or self.quant.method != "none"  # the FP start
+                       or any((self.model.path, self.model.package, self.model.hub_id)))
+        _check(not self.eval_only or has_weights, "eval_only",
+               "needs weights to evaluate: set init_from, a quant method or a pretrained model")
 
 
 def register_configs() -> None:

@@ -16,10 +16,10 @@ from qbert.config import QuantConfig, RunConfig, validate
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
-from qbert.quant import quantization_map, quantize_, size_from_model
+from qbert.quant import calibration, quantization_map, quantize_, size_from_model
 from qbert.quant.methods import plan_for
 from qbert.report.record import config_hash, device_info, git_state, versions, write_results
-from qbert.train.module import TaskModule
+from qbert.train.module import NON_MODEL_KEYS, TaskModule
 from qbert.train.trainer import build_loggers, build_trainer
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def run(cfg: DictConfig) -> dict:
     plan = plan_for(run_cfg.quant, model.config.num_attention_heads)
     if plan is not None:
         quantize_(model, plan)
+        if run_cfg.eval_only:  # post-training quantization: activation ranges from real data
+            calibrate_(model, datamodule, run_cfg.quant.calibration_batches)
 
     # train
     module = TaskModule(model, run_cfg.task, run_cfg.optim, datamodule, LABEL_NAMES[run_cfg.task.name])
@@ -112,6 +114,14 @@ def finetuned_start(cfg: DictConfig) -> str:
     fp_cfg.output_dir = str(folder)
     run(fp_cfg)
     return str(folder)
+
+
+def calibrate_(model: torch.nn.Module, datamodule: TaskDataModule, batches: int) -> None:
+    """Observe activation ranges on the first training batches, in eval mode (no dropout)."""
+    datamodule.setup("fit")
+    with calibration(model.eval()), torch.no_grad():
+        for _, batch in zip(range(batches), datamodule.train_dataloader()):
+            model(**{k: v for k, v in batch.items() if k not in NON_MODEL_KEYS})
 
 
 def save_model(model, tokenizer, folder: Path) -> None:

@@ -65,6 +65,8 @@ def test_unknown_group_option_fails(compose_cfg):
     ("logger.mode=sometimes", "logger.mode"),
     ("model.num_heads=5", "model.hidden_size"),
     ("seed=-1", "seed"),
+    ("eval_only=true", "eval_only"),  # a random tiny model has nothing to evaluate
+    ("quant.calibration_batches=0", "quant.calibration_batches"),
 ])
 def test_range_checks_name_the_key(compose_cfg, override, key):
     with pytest.raises(ValueError, match=f"config key '{key}'"):

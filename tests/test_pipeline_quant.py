@@ -75,3 +75,13 @@ def test_qat_recipe_changes_only_the_quantized_stage(compose_cfg):
     assert (qat.optim.epochs, qat.optim.lr) == (1, 1e-5)
     fp = validate(compose_cfg(["task=sst2", "quant.epochs=1"]))  # quant=none: the recipe is ignored
     assert (fp.optim.epochs, fp.optim.lr) == (3, 3e-5)
+
+
+def test_post_training_quantization_calibrates_activation_ranges(compose_cfg, tmp_path):
+    ft = f"finetuned_dir={tmp_path / 'ft'}"
+    ptq = run(compose_cfg(["task=sst2", "quant=qbert", "quant.w_bits=8", *QUANT, ft, "eval_only=true",
+                           "quant.calibration_batches=2"], output_dir=tmp_path / "ptq"))
+    assert ptq["steps"] == 0 and 0 <= ptq["metrics"]["dev"]["accuracy"] <= 100
+    fp = json.loads(next((tmp_path / "ft").glob("*/results.json")).read_text())
+    # 8-bit weights and activations barely move a model's predictions.
+    assert abs(ptq["metrics"]["dev"]["accuracy"] - fp["metrics"]["dev"]["accuracy"]) <= 5.0
