@@ -76,3 +76,15 @@ def test_range_checks_name_the_key(compose_cfg, override, key):
 def test_squad_stride_must_fit_the_window(compose_cfg):
     with pytest.raises(ValueError, match="task.doc_stride"):
         validate(compose_cfg(["task=squad", "task.doc_stride=400"]))
+
+
+def test_local_parallel_launcher_composes():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=local_parallel", "output_dir=."],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 2
