@@ -1,6 +1,6 @@
 """Cut the small committed data slices in qbert/data/sample/ from the full real data.
 
-    python experiments/make_samples.py --src /work/shared/data --dst qbert/data/sample
+    python experiments/make_samples.py --src ../shared/data --dst qbert/data/sample
 
 Deterministic: fixed seeds, source bytes copied verbatim (no re-serialisation of TSV/CoNLL
 lines), and gzip written with mtime=0 and no file name, so re-running gives identical bytes
@@ -101,7 +101,7 @@ def cut_squad(src: Path, dst: Path, n: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, default=Path("/work/shared/data"))
+    ap.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--dst", type=Path, default=Path("qbert/data/sample"))
     args = ap.parse_args(argv)
     src, dst = args.src, args.dst
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
 Small slices of the real task data, committed so that tests and the embedded demo run without
 the full data or hub access. Same layout, file names and formats as the full copies
-(`/work/shared/data`, see its README.md): gzip-compressed GLUE TSVs with header, CoNLL-2003
+(`../shared/data` beside the checkout, see its README.md): gzip-compressed GLUE TSVs with header, CoNLL-2003
 4-column files, SQuAD v1.1 JSON. Lines (TSV, CoNLL) are copied byte for byte from the source;
 SQuAD articles/paragraphs are copied unchanged.
 
@@ -143,7 +143,7 @@ GLUE; MNLI rows labelled `-` were already removed upstream), CoNLL-2003 English 
 
 Regenerate (deterministic; gzip with mtime=0 and no stored file name, level 9):
 
-    python experiments/make_samples.py --src /work/shared/data --dst qbert/data/sample
+    python experiments/make_samples.py --src ../shared/data --dst qbert/data/sample
 
 | file | count | unit | bytes | how it was cut |
 |---|---|---|---|---|

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from qbert.config import CONF_DIR
+
+# The full real data (the layout of ../shared/data), beside the checkout unless QBERT_DATA_ROOT says
+# otherwise; tests that need it skip where it is absent.
+REAL_DATA = Path(os.environ.get("QBERT_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # The smallest real run: a random tiny BERT, a few batches of the committed sample.
 FAST = ["model=tiny", "trainer=debug", "data.source=sample", "data.max_train_samples=64",

@@ -21,8 +21,9 @@ from qbert.data.readers import (
     read_glue_tsv,
     read_squad,
 )
+from qbert_testing import REAL_DATA
 
-REAL = Path("/work/shared/data")
+REAL = REAL_DATA
 
 
 def write(path: Path, text: str) -> Path:

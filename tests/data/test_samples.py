@@ -16,10 +16,11 @@ from qbert.data.readers import (
     read_glue_tsv,
     read_squad,
 )
+from qbert_testing import REAL_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "qbert" / "data" / "sample"
-REAL = Path("/work/shared/data")
+REAL = REAL_DATA
 
 READERS = {
     "sst2": lambda p: read_glue_tsv(p, ["sentence"], "label", SST2_LABELS),
