@@ -118,14 +118,20 @@ def _check_architecture(model: PreTrainedModel, cfg: ModelConfig) -> None:
                              f"weights ({value}); fix the model config")
 
 
-def checkpoint_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    """The task model's weights from a run folder (its ``model/``) or a Lightning ``.ckpt``."""
+def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The task model's weights and, for a quantized run, the plan it was saved with.
+
+    ``source`` is a run folder (its ``model/``, else ``checkpoints/last.ckpt``) or a Lightning
+    ``.ckpt``; each file is read once.
+    """
     source = Path(source)
     if source.is_dir():
         weights = source / "model" / "model.safetensors"
         if weights.is_file():
             from safetensors.torch import load_file
-            return load_file(str(weights))
+            qmap_path = source / "model" / "quantization_map.json"
+            qmap = json.loads(qmap_path.read_text()) if qmap_path.is_file() else None
+            return load_file(str(weights)), qmap
         ckpt = source / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             raise FileNotFoundError(f"config key 'init_from': {source} holds neither "
@@ -133,20 +139,10 @@ def checkpoint_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         source = ckpt
     if not source.is_file():
         raise FileNotFoundError(f"config key 'init_from': {source} does not exist")
-    state = torch.load(source, map_location="cpu", weights_only=True)["state_dict"]
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     # LightningModule keys carry the attribute prefix "model.".
-    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
-
-
-def saved_quantization_map(source: str | Path) -> dict | None:
-    """The plan a quantized run was saved with (run folder or .ckpt), None for a float one."""
-    source = Path(source)
-    if source.is_dir():
-        path = source / "model" / "quantization_map.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-    if source.is_file():
-        return torch.load(source, map_location="cpu", weights_only=True).get("quantization_map") or None
-    return None
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    return state, checkpoint.get("quantization_map") or None
 
 
 def load_finetuned_(model: PreTrainedModel, source: str | Path) -> PreTrainedModel:
@@ -154,11 +150,10 @@ def load_finetuned_(model: PreTrainedModel, source: str | Path) -> PreTrainedMod
 
     A quantized run is rebuilt first from its saved quantization map (build -> quantize_ -> load).
     """
-    qmap = saved_quantization_map(source)
+    state, qmap = load_checkpoint(source)
     if qmap:
         from qbert.quant import plan_from_dict, quantize_
         quantize_(model, plan_from_dict(qmap))
-    state = checkpoint_state_dict(source)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch: another task head or another architecture
