@@ -19,7 +19,7 @@ from qbert.models import build_task_model, build_tokenizer, load_finetuned_, res
 from qbert.quant import calibration, quantization_map, quantize_, size_from_model
 from qbert.quant.methods import plan_for
 from qbert.report.record import config_hash, device_info, git_state, versions, write_results
-from qbert.train.module import NON_MODEL_KEYS, TaskModule
+from qbert.train.module import TaskModule, model_inputs
 from qbert.train.trainer import build_loggers, build_trainer
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def calibrate_(model: torch.nn.Module, datamodule: TaskDataModule, batches: int)
     datamodule.setup("fit")
     with calibration(model.eval()), torch.no_grad():
         for _, batch in zip(range(batches), datamodule.train_dataloader()):
-            model(**{k: v for k, v in batch.items() if k not in NON_MODEL_KEYS})
+            model(**model_inputs(batch))
 
 
 def save_model(model, tokenizer, folder: Path) -> None:

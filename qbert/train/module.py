@@ -17,6 +17,11 @@ from qbert.quant import quantization_map
 NON_MODEL_KEYS = ("feature_index",)
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A collated batch without the bookkeeping keys the model does not take."""
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
 class TaskModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: TaskConfig, optim: OptimConfig,
                  datamodule, label_names: tuple[str, ...]) -> None:
@@ -28,7 +33,7 @@ class TaskModule(L.LightningModule):
         self.val_metrics: dict[str, float] = {}
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model(**{k: v for k, v in batch.items() if k not in NON_MODEL_KEYS})
+        return self.model(**model_inputs(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
