@@ -20,7 +20,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 TASK_KINDS = ("classification", "token_classification", "question_answering")
 DATA_SOURCES = ("sample", "local", "hub")
-QUANT_METHODS = ("none", "directq", "qbert", "ablation")
+QUANT_METHODS = ("none", "directq", "qbert", "qbert_mp", "ablation")
+ALLOCATIONS = ("rule", "ilp")  # qbert_mp: the paper's high/low rule, or an integer linear program
+SENSITIVITIES = ("eigenvalue", "trace")
 ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "ffn")
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
 LOGGERS = ("none", "csv", "wandb")
@@ -117,7 +119,7 @@ class ModelConfig:
 class QuantConfig:
     """How to quantize: a method picks the precision-plan builder, the rest are its knobs."""
 
-    method: str = "none"  # none | directq (one range per matrix) | qbert (group-wise) | ablation
+    method: str = "none"  # none | directq (one range per matrix) | qbert (group-wise) | qbert_mp (+ Hessian mixed precision) | ablation
     w_bits: int = 8  # encoder Linear weights
     e_bits: int = 8  # word and position embeddings
     a_bits: int = 8  # inputs of every quantized Linear (EMA ranges)
@@ -131,6 +133,17 @@ class QuantConfig:
     lr: Optional[float] = None
     # Post-training quantization (eval_only=true): training batches that set activation ranges.
     calibration_batches: int = 16
+    # Hessian mixed precision (qbert_mp; the analysis itself is set in `hessian`). allocation=rule:
+    # each encoder layer gets w_bits (low) or high_bits, the most sensitive ones high_bits; how
+    # many: high_layers, else the most that keep the mean width <= avg_bits, else half the layers.
+    # allocation=ilp: per-layer widths from bit_choices minimising sum(sensitivity x ||Q(W)-W||^2)
+    # within size_budget_mb (encoder MiB, the paper's "Size w/o-e"; null = the rule's size).
+    high_bits: int = 3
+    high_layers: Optional[int] = None
+    avg_bits: Optional[float] = None
+    allocation: str = "rule"
+    size_budget_mb: Optional[float] = None
+    bit_choices: List[int] = field(default_factory=lambda: [2, 3, 4, 8])
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
@@ -144,6 +157,55 @@ class QuantConfig:
             _one_of(self.module, ABLATION_MODULES, "quant.module")
         else:
             _check(self.module is None, "quant.module", f"only used by quant=ablation, not {self.method}")
+        _one_of(self.high_bits, QUANT_BITS[:-1], "quant.high_bits")
+        _one_of(self.allocation, ALLOCATIONS, "quant.allocation")
+        _check(bool(self.bit_choices), "quant.bit_choices", "must list at least one width")
+        for bits in self.bit_choices:
+            _one_of(bits, QUANT_BITS[:-1], "quant.bit_choices")
+        _check(self.high_layers is None or self.high_layers >= 0, "quant.high_layers",
+               f"must be >= 0 or null, got {self.high_layers}")
+        _check(self.size_budget_mb is None or self.size_budget_mb > 0, "quant.size_budget_mb",
+               f"must be > 0 or null, got {self.size_budget_mb}")
+        if self.method == "qbert_mp" and self.allocation == "rule":
+            _check(self.high_bits > self.w_bits, "quant.high_bits",
+                   f"must exceed quant.w_bits (the low width {self.w_bits}), got {self.high_bits}")
+            _check(self.high_layers is None or self.avg_bits is None, "quant.avg_bits",
+                   "set quant.high_layers or quant.avg_bits, not both")
+            _check(self.avg_bits is None or self.w_bits <= self.avg_bits <= self.high_bits, "quant.avg_bits",
+                   f"must lie in [quant.w_bits, quant.high_bits] = [{self.w_bits}, {self.high_bits}], "
+                   f"got {self.avg_bits}")
+
+
+@dataclass
+class HessianConfig:
+    """Q-BERT's Hessian sensitivity analysis (used by quant=qbert_mp; see qbert/hessian/)."""
+
+    fraction: float = 0.1  # of the training windows: the pool the runs draw their batches from
+    runs: int = 10  # independent estimates per layer (each on its own batches)
+    batch_size: int = 32
+    batches_per_run: int = 1  # the Hessian of a run is that of the mean loss over these batches
+    max_iters: int = 50  # power-iteration cap
+    tol: float = 1e-3  # relative change of the eigenvalue estimate that counts as converged
+    on_no_convergence: str = "warn"  # warn (logged with layer and run, recorded) | error
+    sensitivity: str = "eigenvalue"  # eigenvalue: |mean| + std of the top eigenvalue (Q-BERT);
+    #                                  trace: mean Hutchinson trace per parameter (HAWQ-v2)
+    trace_samples: int = 32  # Hutchinson probes per layer and run (sensitivity=trace)
+    seed: Optional[int] = None  # null: the run's seed
+    cache_dir: str = "outputs/hessian"  # results keyed by weights, task, data and these settings
+    plots: bool = True  # Figure 2 (eigenvalue box plot) and loss landscapes, next to the results
+    landscape_layers: Optional[List[int]] = None  # null: every layer
+    landscape_points: int = 15
+    landscape_radius: float = 0.5  # the step along the unit top eigenvector spans [-r, r]
+
+    def __post_init__(self) -> None:
+        _check(0 < self.fraction <= 1, "hessian.fraction", f"must be in (0, 1], got {self.fraction}")
+        for key in ("runs", "batch_size", "batches_per_run", "max_iters", "trace_samples"):
+            _check(getattr(self, key) >= 1, f"hessian.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check(0 < self.tol < 1, "hessian.tol", f"must be in (0, 1), got {self.tol}")
+        _one_of(self.on_no_convergence, ("warn", "error"), "hessian.on_no_convergence")
+        _one_of(self.sensitivity, SENSITIVITIES, "hessian.sensitivity")
+        _check(self.landscape_points >= 3, "hessian.landscape_points", "must be >= 3")
+        _check(self.landscape_radius > 0, "hessian.landscape_radius", "must be > 0")
 
 
 @dataclass
@@ -213,6 +275,7 @@ class RunConfig:
     quant: QuantConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
+    hessian: HessianConfig = field(default_factory=HessianConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 42

@@ -12,9 +12,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qbert.config import QuantConfig, RunConfig, validate
+from qbert.config import HessianConfig, QuantConfig, RunConfig, validate
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
+from qbert.hessian.mixed_precision import hessian_allocation
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
 from qbert.quant import calibration, quantization_map, quantize_, size_from_model
 from qbert.quant.methods import plan_for
@@ -51,8 +52,13 @@ def run(cfg: DictConfig) -> dict:
     if init_from:
         load_finetuned_(model, init_from)
 
-    # precision plan -> quantize (fake quantization; QAT fine-tunes it below)
-    plan = plan_for(run_cfg.quant, model.config.num_attention_heads)
+    # precision plan (mixed precision: per-layer widths from the Hessian analysis) -> quantize
+    # (fake quantization; QAT fine-tunes it below)
+    mixed_precision = None
+    if run_cfg.quant.method == "qbert_mp":
+        mixed_precision = hessian_allocation(model, datamodule, run_cfg, run_dir / "hessian")
+    plan = plan_for(run_cfg.quant, model.config.num_attention_heads,
+                    mixed_precision["bits"] if mixed_precision else None)
     if plan is not None:
         quantize_(model, plan)
         if run_cfg.eval_only:  # post-training quantization: activation ranges from real data
@@ -85,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             save_model(model, tokenizer, run_dir / "model")
         results = _results(run_cfg, config, module, datamodule, fit_seconds, test_seconds,
-                           time.perf_counter() - started, init_from)
+                           time.perf_counter() - started, init_from, mixed_precision)
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)
             _log_summary(loggers, results)
@@ -104,6 +110,7 @@ def finetuned_start(cfg: DictConfig) -> str:
     already holds results, else produced now by the same pipeline with quant=none."""
     fp_cfg = cfg.copy()
     fp_cfg.quant = OmegaConf.structured(QuantConfig())
+    fp_cfg.hessian = OmegaConf.structured(HessianConfig())  # analysis settings do not change the start
     fp_cfg.eval_only = False
     fp_cfg.output_dir = "."  # excluded from the hash, replaced below
     folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
@@ -134,7 +141,8 @@ def save_model(model, tokenizer, folder: Path) -> None:
 
 
 def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: TaskDataModule,
-             fit_seconds: float, test_seconds: float, wall_seconds: float, init_from: str | None) -> dict:
+             fit_seconds: float, test_seconds: float, wall_seconds: float, init_from: str | None,
+             mixed_precision: dict | None = None) -> dict:
     model = module.model
     n_params = sum(p.numel() for p in model.parameters())
     size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -158,6 +166,7 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB": the float tensors in memory
         "quantization_map": qmap,
         "size": size_from_model(model).to_dict(),  # the accounted size of the quantized model
+        "mixed_precision": mixed_precision,  # qbert_mp: sensitivity table, widths, timing, figures
         "timing_seconds": {"fit": fit_seconds, "test": test_seconds, "wall": wall_seconds},
         "steps": int(module.trainer.global_step),
         "device": device_info(run_cfg.trainer.accelerator),

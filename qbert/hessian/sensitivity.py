@@ -1,0 +1,246 @@
+"""Per-layer Hessian sensitivity: Q-BERT's top-eigenvalue distribution, HAWQ-v2's trace.
+
+For each of ``runs`` runs, a batch set is drawn from a ``fraction`` of the training windows; the
+Hessian of the mean loss over it is restricted to each encoder layer's weights (``BlockHessian``)
+and its top eigenvalue found by power iteration (and, if asked, its trace by Hutchinson). The
+runs give a distribution per layer; Q-BERT's sensitivity is
+
+    Omega_i = |mean_r(lambda_i,r)| + std_r(lambda_i,r)      (population std over the runs)
+
+Power iteration returns the eigenvalue of largest *magnitude*, which is negative on batches
+where the loss is locally concave along some direction (seen on MiniLM's early layers). The
+signed values are kept in the record; Omega follows the paper (|mean| + std), so a layer whose
+estimates change sign across runs is still ranked high by its spread.
+
+The trace sensitivity is the mean Hessian diagonal (trace / number of weights), averaged over
+the runs (HAWQ-v2; comparable across layers of different sizes).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from qbert.hessian.eigen import EigenEstimate, hutchinson_trace, power_iteration
+from qbert.hessian.hvp import BlockHessian, layer_blocks, task_loss
+
+log = logging.getLogger(__name__)
+
+
+class SensitivityError(RuntimeError):
+    """A sensitivity estimate that must not be passed on: names the layer and the run."""
+
+
+@dataclass
+class Sensitivity:
+    """Everything the analysis measured; JSON round-trips through ``to_dict``/``from_dict``."""
+
+    layers: list[str]  # "encoder.layer.<i>"
+    num_parameters: list[int]  # weights per layer block
+    eigenvalues: list[list[float]]  # [run][layer], signed
+    iterations: list[list[int]]
+    converged: list[list[bool]]
+    traces: Optional[list[list[float]]] = None  # [run][layer] Hutchinson trace estimates
+    trace_stderr: Optional[list[list[float]]] = None
+    batches: list[list[int]] = field(default_factory=list)  # training-window indices per run
+    losses: list[float] = field(default_factory=list)  # mean loss of each run's batches
+    landscape: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # layer -> eps, loss
+    timing: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def omega(self) -> list[float]:
+        """Q-BERT's Omega_i = |mean(lambda_i)| + std(lambda_i) per layer."""
+        lam = torch.tensor(self.eigenvalues, dtype=torch.float64)  # [runs, layers]
+        return (lam.mean(0).abs() + lam.std(0, correction=0)).tolist()
+
+    @property
+    def mean_trace_per_weight(self) -> list[float]:
+        if self.traces is None:
+            raise ValueError("no trace estimates: run the analysis with sensitivity=trace")
+        tr = torch.tensor(self.traces, dtype=torch.float64).mean(0)
+        return (tr / torch.tensor(self.num_parameters, dtype=torch.float64)).tolist()
+
+    def scores(self, kind: str) -> list[float]:
+        """The per-layer sensitivity that allocation ranks by: ``eigenvalue`` (Omega) or ``trace``."""
+        if kind == "eigenvalue":
+            return self.omega
+        if kind == "trace":
+            return self.mean_trace_per_weight
+        raise ValueError(f"sensitivity kind {kind!r}, expected 'eigenvalue' or 'trace'")
+
+    def table(self) -> list[dict[str, float]]:
+        """One row per layer: the statistics the paper's Figure 2 shows, plus the scores."""
+        lam = torch.tensor(self.eigenvalues, dtype=torch.float64)
+        rows = []
+        for i, name in enumerate(self.layers):
+            col = lam[:, i]
+            row = {"layer": name, "mean": float(col.mean()), "std": float(col.std(correction=0)),
+                   "min": float(col.min()), "max": float(col.max()), "negative_runs": int((col < 0).sum()),
+                   "omega": self.omega[i], "converged_runs": int(sum(r[i] for r in self.converged))}
+            if self.traces is not None:
+                row["trace_per_weight"] = self.mean_trace_per_weight[i]
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["omega"] = self.omega  # derived, stored for readers of the JSON
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Sensitivity":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def draw_run_batches(num_windows: int, fraction: float, runs: int, windows_per_run: int,
+                     generator: torch.Generator) -> list[list[int]]:
+    """Window indices for each run: a seeded pool of ``fraction`` of the data, cut into
+    consecutive disjoint chunks (reshuffled when the pool is used up)."""
+    pool_size = max(1, round(fraction * num_windows))
+    if pool_size < windows_per_run:
+        raise ValueError(
+            f"config key 'hessian.fraction': {fraction} of {num_windows} training windows is {pool_size}, "
+            f"fewer than one run needs (batch_size x batches_per_run = {windows_per_run})")
+    pool = torch.randperm(num_windows, generator=generator)[:pool_size]
+    order, cursor, out = pool[torch.randperm(pool_size, generator=generator)], 0, []
+    for _ in range(runs):
+        if cursor + windows_per_run > pool_size:
+            order, cursor = pool[torch.randperm(pool_size, generator=generator)], 0
+        out.append(order[cursor:cursor + windows_per_run].tolist())
+        cursor += windows_per_run
+    return out
+
+
+def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[dict]], dict[str, Tensor]], *,
+            fraction: float = 0.1, runs: int = 10, batch_size: int = 32, batches_per_run: int = 1,
+            max_iters: int = 50, tol: float = 1e-3, with_trace: bool = False, trace_samples: int = 32,
+            on_no_convergence: str = "warn", seed: int = 0,
+            landscape_layers: Optional[Sequence[int]] = (), landscape_points: int = 21,
+            landscape_radius: float = 0.5, progress: bool = True) -> Sensitivity:
+    """Run the analysis on ``model`` as it is (its mode, attention kernel and device are the
+    caller's: use eval mode and eager attention). ``landscape_layers=None``: every layer."""
+    started = time.perf_counter()
+    blocks = layer_blocks(model)
+    layers = [re.search(r"encoder\.layer\.\d+", block[0][0]).group(0) for block in blocks]
+    generator = torch.Generator().manual_seed(seed)
+    run_windows = draw_run_batches(len(windows), fraction, runs, batch_size * batches_per_run, generator)
+    landscape_layers = range(len(blocks)) if landscape_layers is None else landscape_layers
+    like = blocks[0][0][1]
+
+    eig = [[math.nan] * len(blocks) for _ in range(runs)]
+    iters = [[0] * len(blocks) for _ in range(runs)]
+    conv = [[False] * len(blocks) for _ in range(runs)]
+    traces = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
+    stderr = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
+    losses, landscape = [], {}
+    setup_s = hvp_s = fwd_bwd_s = landscape_s = 0.0
+    calls = {"power": 0, "trace": 0}
+    bar = _progress(runs * len(blocks), progress)
+    for r, indices in enumerate(run_windows):
+        batches = [collate([windows[i] for i in indices[k:k + batch_size]])
+                   for k in range(0, len(indices), batch_size)]
+        fwd_bwd_s += _time_forward_backward(model, batches, [p for b in blocks for _, p in b])
+        t0 = time.perf_counter()
+        with BlockHessian(model, batches, blocks) as hessian:
+            setup_s += time.perf_counter() - t0
+            losses.append(hessian.loss)
+            for i in range(len(blocks)):
+                def hvp(v, i=i, kind="power"):
+                    nonlocal hvp_s
+                    t = time.perf_counter()
+                    out = hessian.hvp(i, v)
+                    hvp_s += time.perf_counter() - t
+                    calls[kind] += 1
+                    return out
+
+                rng = torch.Generator().manual_seed(seed * 1_000_003 + r * 1_009 + i)
+                try:
+                    est = power_iteration(hvp, hessian.shapes(i), rng, like, max_iters, tol)
+                    if with_trace:
+                        tr = hutchinson_trace(lambda v, i=i: hvp(v, i, "trace"), hessian.shapes(i), rng, like,
+                                              trace_samples)
+                        traces[r][i], stderr[r][i] = tr.value, tr.stderr
+                except FloatingPointError as err:
+                    raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
+                eig[r][i], iters[r][i], conv[r][i] = est.value, est.iterations, est.converged
+                if not est.converged:
+                    _no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence)
+                if r == 0 and i in landscape_layers:
+                    t = time.perf_counter()
+                    landscape[layers[i]] = loss_along(model, batches, blocks[i], est.vector,
+                                                      landscape_radius, landscape_points)
+                    landscape_s += time.perf_counter() - t
+                bar.update(1)
+                bar.set_postfix(layer=i, run=r, eig=f"{est.value:.3g}")
+    bar.close()
+    hvp_calls = calls["power"] + calls["trace"]
+    per_hvp = hvp_s / max(hvp_calls, 1)
+    timing = {"total_s": time.perf_counter() - started, "setup_s": setup_s, "hvp_total_s": hvp_s,
+              "hvp_calls": hvp_calls, "power_hvp_calls": calls["power"], "trace_hvp_calls": calls["trace"],
+              "hvp_s": per_hvp, "landscape_s": landscape_s,
+              # what Q-BERT's analysis alone costs: graphs + power-iteration products
+              "power_iteration_s": setup_s + calls["power"] * per_hvp,
+              "forward_backward_s": fwd_bwd_s / runs,
+              "setup_over_forward_backward": setup_s / max(fwd_bwd_s, 1e-12),
+              "hvp_over_forward_backward": per_hvp / max(fwd_bwd_s / runs / batches_per_run, 1e-12)}
+    return Sensitivity(layers, [sum(p.numel() for _, p in b) for b in blocks], eig, iters, conv, traces,
+                       stderr, run_windows, losses, landscape, timing)
+
+
+def _no_convergence(layer: str, run: int, est: EigenEstimate, max_iters: int, tol: float, action: str) -> None:
+    last = ", ".join(f"{x:.4g}" for x in est.history[-3:])
+    message = (f"{layer}, run {run}: power iteration did not converge to tol={tol} in {max_iters} "
+               f"iterations (last estimates {last}); raise hessian.max_iters or hessian.tol")
+    if action == "error":
+        raise SensitivityError(message)
+    log.warning(message)
+
+
+@torch.no_grad()
+def loss_along(model: nn.Module, batches: list[dict[str, Tensor]], block: list[tuple[str, nn.Parameter]],
+               direction: list[Tensor], radius: float, points: int) -> dict[str, list[float]]:
+    """Loss at W + eps * d for eps in [-radius, radius] (d: a unit block vector); W restored after."""
+    params = [p for _, p in block]
+    saved = [p.detach().clone() for p in params]
+    eps_grid = torch.linspace(-radius, radius, points).tolist()
+    losses = []
+    try:
+        for eps in eps_grid:
+            for p, w, d in zip(params, saved, direction):
+                p.copy_(w + eps * d)
+            losses.append(sum(float(task_loss(model, b)) for b in batches) / len(batches))
+    finally:
+        for p, w in zip(params, saved):
+            p.copy_(w)
+    return {"eps": eps_grid, "loss": losses}
+
+
+def _time_forward_backward(model: nn.Module, batches: list[dict[str, Tensor]], params: list[nn.Parameter]) -> float:
+    """Seconds of one plain forward + backward over the run's batches: the unit an HVP is compared to."""
+    t = time.perf_counter()
+    with torch.enable_grad():
+        for b in batches:
+            torch.autograd.grad(task_loss(model, b), params)
+    return time.perf_counter() - t
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="Hessian power iteration (layers x runs)", unit="layer")
