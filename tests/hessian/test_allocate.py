@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import BertConfig
 
-from conftest import tiny_model
+from tiny_bert import tiny_model
 from qbert.hessian import BudgetError, encoder_mib, ilp_allocation, layer_costs, rule_allocation, weight_perturbation
 from qbert.hessian.hvp import layer_blocks
 from qbert.quant.quantizers import WeightQuantizer

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_batch, tiny_model
+from tiny_bert import tiny_batch, tiny_model
 from test_hvp import explicit_block_hessian, unflat
 from qbert.hessian import BlockHessian, hutchinson_trace, power_iteration
 

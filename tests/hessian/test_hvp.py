@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import HEADS, tiny_batch, tiny_model
+from tiny_bert import HEADS, tiny_batch, tiny_model
 from qbert.hessian import BlockHessian, eager_attention, layer_blocks, task_loss
 from qbert.train.module import model_inputs
 
@@ -23,7 +23,7 @@ def explicit_block_hessian(model, batch, layer: int) -> torch.Tensor:
         params = {n: t.reshape(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
         return functional_call(model, params, kwargs=inputs).loss
 
-    return torch.autograd.functional.hessian(loss_of, flat0)
+    return torch.autograd.functional.hessian(loss_of, flat0, vectorize=True)
 
 
 def flat(v):
