@@ -35,7 +35,7 @@ def _method(results: dict) -> str:
     name = METHOD_NAMES.get(results["method"], results["method"])
     quant = results["config"]["quant"]
     if results["method"] == "qbert_mp":
-        name += " ILP" if quant["allocation"] == "ilp" else f" {quant['w_bits']}/{quant['high_bits']}"
+        name += {"ilp": " ILP", "manual": " manual"}.get(quant["allocation"], f" {quant['w_bits']}/{quant['high_bits']}")
     return name
 
 

@@ -21,7 +21,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TASK_KINDS = ("classification", "token_classification", "question_answering")
 DATA_SOURCES = ("sample", "local", "hub")
 QUANT_METHODS = ("none", "directq", "qbert", "qbert_mp", "ablation")
-ALLOCATIONS = ("rule", "ilp")  # qbert_mp: the paper's high/low rule, or an integer linear program
+ALLOCATIONS = ("rule", "ilp", "manual")  # qbert_mp: the paper's rule, an integer program, or given widths
 SENSITIVITIES = ("eigenvalue", "trace")
 ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "ffn")
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
@@ -138,12 +138,15 @@ class QuantConfig:
     # many: high_layers, else the most that keep the mean width <= avg_bits, else half the layers.
     # allocation=ilp: per-layer widths from bit_choices minimising sum(sensitivity x ||Q(W)-W||^2)
     # within size_budget_mb (encoder MiB, the paper's "Size w/o-e"; null = the rule's size).
+    # allocation=manual: the widths in layer_bits, one per encoder layer, no analysis (controls,
+    # or an allocation taken from elsewhere).
     high_bits: int = 3
     high_layers: Optional[int] = None
     avg_bits: Optional[float] = None
     allocation: str = "rule"
     size_budget_mb: Optional[float] = None
     bit_choices: List[int] = field(default_factory=lambda: [2, 3, 4, 8])
+    layer_bits: Optional[List[int]] = None
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
@@ -166,6 +169,10 @@ class QuantConfig:
                f"must be >= 0 or null, got {self.high_layers}")
         _check(self.size_budget_mb is None or self.size_budget_mb > 0, "quant.size_budget_mb",
                f"must be > 0 or null, got {self.size_budget_mb}")
+        _check((self.allocation == "manual") == bool(self.layer_bits), "quant.layer_bits",
+               "set it (one width per encoder layer) exactly when quant.allocation=manual")
+        for bits in self.layer_bits or []:
+            _one_of(bits, QUANT_BITS[:-1], "quant.layer_bits")
         if self.method == "qbert_mp" and self.allocation == "rule":
             _check(self.high_bits > self.w_bits, "quant.high_bits",
                    f"must exceed quant.w_bits (the low width {self.w_bits}), got {self.high_bits}")

@@ -77,7 +77,20 @@ def test_an_impossible_size_budget_is_a_clear_error(compose_cfg, tmp_path):
     ("quant.allocation=greedy", "quant.allocation"), ("quant.bit_choices=[2,16]", "quant.bit_choices"),
     ("hessian.runs=0", "hessian.runs"), ("hessian.fraction=1.5", "hessian.fraction"),
     ("hessian.sensitivity=fisher", "hessian.sensitivity"), ("hessian.tol=0", "hessian.tol"),
+    ("quant.allocation=manual", "quant.layer_bits"), ("quant.layer_bits=[2,3]", "quant.layer_bits"),
 ])
 def test_bad_mixed_precision_settings_name_their_key(compose_cfg, override, key):
     with pytest.raises(ValueError, match=f"config key '{key}'"):
         validate(compose_cfg(["quant=qbert_mp", override]))
+
+
+def test_manual_allocation_applies_the_given_widths_without_an_analysis(compose_cfg, tmp_path):
+    cache_dir = tmp_path / "cache"
+    results = run(compose_cfg(["task=sst2", *MP, "quant.allocation=manual", "quant.layer_bits=[4,2]",
+                               f"finetuned_dir={tmp_path / 'ft'}", f"hessian.cache_dir={cache_dir}"],
+                              output_dir=tmp_path / "manual"))
+    assert layer_bits(results) == [4, 2] and results["mixed_precision"]["allocation"] == "manual"
+    assert not cache_dir.exists()  # no analysis ran
+    with pytest.raises(ValueError, match="config key 'quant.layer_bits': 3 widths"):
+        run(compose_cfg(["task=sst2", *MP, "quant.allocation=manual", "quant.layer_bits=[4,2,2]",
+                         f"finetuned_dir={tmp_path / 'ft'}"], output_dir=tmp_path / "bad"))

@@ -125,7 +125,17 @@ def allocate(sens: Sensitivity, model: nn.Module, quant: QuantConfig, kind: str)
 
 
 def hessian_allocation(model: nn.Module, datamodule, run_cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Sensitivity -> allocation; writes ``out_dir``/{sensitivity.json, allocation.json, *.png}."""
+    """Sensitivity -> allocation; writes ``out_dir``/{sensitivity.json, allocation.json, *.png}.
+    ``quant.allocation=manual`` takes ``quant.layer_bits`` as given and runs no analysis."""
+    quant, layers = run_cfg.quant, model.config.num_hidden_layers
+    if quant.allocation == "manual":
+        if len(quant.layer_bits) != layers:
+            raise ValueError(f"config key 'quant.layer_bits': {len(quant.layer_bits)} widths for a model with "
+                             f"{layers} encoder layers")
+        plan_kw = {"heads_as_groups": quant.heads_as_groups, "num_heads": model.config.num_attention_heads}
+        bits = list(quant.layer_bits)
+        return {"bits": bits, "size_wo_e_mib": encoder_mib(model.config, bits, quant.groups, **plan_kw),
+                "mean_bits": sum(bits) / layers, "allocation": "manual"}
     sens, path, cached = sensitivity_for(model, datamodule, run_cfg)
     report = allocate(sens, model, run_cfg.quant, run_cfg.hessian.sensitivity)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ def eigenvalue_boxplot(sens: Sensitivity, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(1.1 * len(sens.layers) + 2.5, 4))
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(sens.layers) + 1), [str(i + 1) for i in range(len(sens.layers))])
+    ax.plot([], [], "g^", label="mean over runs (line: median)")
     ax.plot(range(1, len(sens.layers) + 1), sens.omega, "r^", label=r"$\Omega$ = |mean| + std")
     ax.axhline(0.0, color="grey", lw=0.6)
     ax.set_xlabel("encoder layer")
