@@ -28,6 +28,24 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_lr: float | None = None) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not biases and LayerNorm weights, as in
+    BERT's recipe); learned quantization steps/offsets in a group of their own, without weight
+    decay (it would shrink the steps) and at ``scale_lr`` (default: ``lr``)."""
+    decay, no_decay, scales = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(SCALE_PARAMS):
+            scales.append(param)
+        else:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0, "lr": scale_lr or lr})
+    return groups
+
+
 class TaskModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: TaskConfig, optim: OptimConfig,
                  datamodule, label_names: tuple[str, ...], *, distiller=None,
@@ -127,21 +145,7 @@ class TaskModule(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
-        # No weight decay on biases and LayerNorm weights, as in BERT's recipe; learned
-        # quantization steps/offsets: no weight decay either (it would shrink the steps) and
-        # their own learning rate.
-        decay, no_decay, scales = [], [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name.endswith(SCALE_PARAMS):
-                scales.append(param)
-            else:
-                (no_decay if param.ndim < 2 else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.optim.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if scales:
-            groups.append({"params": scales, "weight_decay": 0.0, "lr": self.scale_lr or self.optim.lr})
+        groups = param_groups(self.model, self.optim.weight_decay, self.optim.lr, self.scale_lr)
         optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optim.warmup_ratio * total), total)
