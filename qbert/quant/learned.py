@@ -186,19 +186,19 @@ class LearnedActivationQuantizer(_Learned):
         self.offset = nn.Parameter(torch.zeros((), device=device), requires_grad=not symmetric)
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
         self.register_buffer("calibrated_batches", torch.zeros((), dtype=torch.long, device=device))
-        self.register_buffer("_range_sum", torch.zeros(2, device=device), persistent=False)
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        """Fold one batch into the initial range: the mean of the per-batch MSE-best ranges."""
-        lo, hi = mse_range(x, self.bits, self.symmetric)
-        n = int(self.calibrated_batches)
-        if n == 0:
-            self._range_sum.zero_()
-        self._range_sum += torch.stack([lo.reshape(()), hi.reshape(())])
-        self.calibrated_batches += 1
-        lo, hi = self._range_sum / (n + 1)
+        """Fold one batch into the initial range: the running mean of the per-batch MSE-best
+        ranges (the current range is read back from the step and offset)."""
+        lo, hi = (r.reshape(()) for r in mse_range(x, self.bits, self.symmetric))
         qmin, qmax = qrange(self.bits, self.symmetric)
+        n = int(self.calibrated_batches)
+        if n > 0:
+            old_lo = -qmax * self.scale if self.symmetric else self.offset + qmin * self.scale
+            old_hi = old_lo + (qmax - qmin) * self.scale
+            lo, hi = old_lo + (lo - old_lo) / (n + 1), old_hi + (hi - old_hi) / (n + 1)
+        self.calibrated_batches += 1
         scale = ((hi - lo) / (qmax - qmin)).clamp(min=MIN_SCALE)
         self.scale.copy_(scale)
         self.offset.copy_(torch.zeros_like(scale) if self.symmetric else lo - qmin * scale)
