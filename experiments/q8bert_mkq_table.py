@@ -9,6 +9,8 @@ the pipeline makes once under the table's ``finetuned/`` folder):
     mkq_nokd     quant=mkq distill.enabled=false           the same without distillation
     mkq_unscaled quant=mkq quant.scale_grad=lsq_unscaled   LSQ without its gradient scaling, + KD
     mkq_scale_lr quant=mkq quant.scale_lr=1e-3             the learned scales at their own lr, + KD
+    mkq_g128     quant=mkq quant.groups=128                one learned weight step per row group, + KD
+    mkq_g128_nokd  the same without distillation
 
 A job whose folder already has results.json is skipped, so an interrupted table resumes. Writes
 ``experiments/results/<name>.{json,md}``. Example (CPU, the committed SST-2 sample):
@@ -37,12 +39,16 @@ JOBS = {
     "mkq_nokd": ["quant=mkq", "distill.enabled=false"],
     "mkq_unscaled": ["quant=mkq", "quant.scale_grad=lsq_unscaled"],
     "mkq_scale_lr": ["quant=mkq", "quant.scale_lr=1e-3"],
+    "mkq_g128": ["quant=mkq", "quant.groups=128"],
+    "mkq_g128_nokd": ["quant=mkq", "quant.groups=128", "distill.enabled=false"],
 }
 LABELS = {
     "baseline": "Full precision", "ptq8": "8-bit dynamic PTQ", "q8bert": "Q8BERT 8-bit QAT",
     "mkq": "MKQ W4A4, LSQ, distillation", "mkq_nokd": "MKQ W4A4, LSQ, no distillation",
     "mkq_unscaled": "MKQ W4A4, LSQ without gradient scaling, distillation",
     "mkq_scale_lr": "MKQ W4A4, LSQ, scales at lr 1e-3, distillation",
+    "mkq_g128": "MKQ W4A4, LSQ, 128 weight groups, distillation",
+    "mkq_g128_nokd": "MKQ W4A4, LSQ, 128 weight groups, no distillation",
 }
 
 
@@ -64,7 +70,7 @@ def row(job: str, results: dict) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     base = next((r["value"] for r in rows if r["job"] == "baseline"), None)
-    lines = ["| Method | w-bits | a-bits | KD | metric | Δ vs full precision | Size w/o-e (MiB) | QAT steps | fit (s) |",
+    lines = ["| Method | w-bits | a-bits | KD | metric | Δ vs full precision | Size w/o-e (MiB) | steps | fit (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         delta = "" if base is None or r["job"] == "baseline" else f"{r['value'] - base:+.2f}"

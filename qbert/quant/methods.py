@@ -23,15 +23,15 @@ def _ablation(cfg: QuantConfig, num_heads: int) -> Plan:
                          heads_as_groups=cfg.heads_as_groups, num_heads=num_heads, symmetric=cfg.symmetric)
 
 
-def _q8bert(cfg: QuantConfig, num_heads: int) -> Plan:
+def _q8bert(cfg: QuantConfig, num_heads: int, *_) -> Plan:  # *_: ignores per-layer widths
     return q8bert_plan(momentum=cfg.ema_decay)
 
 
-def _q8bert_ptq(cfg: QuantConfig, num_heads: int) -> Plan:
+def _q8bert_ptq(cfg: QuantConfig, num_heads: int, *_) -> Plan:
     return q8bert_plan(dynamic=True)
 
 
-def _mkq(cfg: QuantConfig, num_heads: int) -> Plan:
+def _mkq(cfg: QuantConfig, num_heads: int, *_) -> Plan:
     return mkq_plan(cfg.w_bits, cfg.a_bits, cfg.e_bits, groups=cfg.groups, scale_grad=cfg.scale_grad,
                     a_symmetric=cfg.symmetric)
 

@@ -46,7 +46,8 @@ class QuantSpec:
     from each batch at every forward (dynamic post-training quantization; no EMA, no state).
     ``learned``: ``None`` (ranges are statistics: max-abs / EMA) or the gradient rule of a learned
     scale (``"lsq"``, ``"lsq_unscaled"``; see ``qbert.quant.learned``): the weight scale and the
-    input's scale (and, asymmetric, its offset) become trainable parameters of the module.
+    input's scale (and, asymmetric, its offset) become trainable parameters of the module; the
+    weight is then always symmetric and ``symmetric`` applies to the input only.
     """
 
     w_bits: int = 8
