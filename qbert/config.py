@@ -20,9 +20,10 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 TASK_KINDS = ("classification", "token_classification", "question_answering")
 DATA_SOURCES = ("sample", "local", "hub")
-QUANT_METHODS = ("none", "directq", "qbert", "qbert_mp", "ablation")
+QUANT_METHODS = ("none", "directq", "qbert", "qbert_mp", "ablation", "q8bert", "q8bert_ptq", "mkq")
 ALLOCATIONS = ("rule", "ilp", "manual")  # qbert_mp: the paper's rule, an integer program, or given widths
 SENSITIVITIES = ("eigenvalue", "trace")
+SCALE_GRADS = ("lsq", "lsq_unscaled")  # qbert.quant.learned; MKQ-BERT's own rule was not available
 ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "ffn")
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
 LOGGERS = ("none", "csv", "wandb")
@@ -119,7 +120,10 @@ class ModelConfig:
 class QuantConfig:
     """How to quantize: a method picks the precision-plan builder, the rest are its knobs."""
 
-    method: str = "none"  # none | directq (one range per matrix) | qbert (group-wise) | qbert_mp (+ Hessian mixed precision) | ablation
+    # none | directq (one range per matrix) | qbert (group-wise) | qbert_mp (group-wise + Hessian
+    # mixed precision) | ablation | q8bert (8-bit QAT, EMA ranges) | q8bert_ptq (8-bit dynamic
+    # post-training) | mkq (learned scales, W4A4)
+    method: str = "none"
     w_bits: int = 8  # encoder Linear weights
     e_bits: int = 8  # word and position embeddings
     a_bits: int = 8  # inputs of every quantized Linear (EMA ranges)
@@ -131,8 +135,17 @@ class QuantConfig:
     # QAT stage only, not the full-precision start it is fine-tuned from.
     epochs: Optional[int] = None
     lr: Optional[float] = None
-    # Post-training quantization (eval_only=true): training batches that set activation ranges.
+    # Post-training quantization (eval_only=true): training batches that set activation ranges;
+    # for quant=mkq also the batches that initialise the learned input scales before QAT.
     calibration_batches: int = 16
+    # EMA factor of activation ranges: running = ema_decay * running + (1 - ema_decay) * batch.
+    ema_decay: float = 0.9
+    # QAT steps computed in float before fake quantization turns on (Q8BERT's delay); the EMA
+    # ranges are observed meanwhile.
+    delay_steps: int = 0
+    # mkq: gradient rule of the learned scales, and their own learning rate (null = quant.lr).
+    scale_grad: str = "lsq"
+    scale_lr: Optional[float] = None
     # Hessian mixed precision (qbert_mp; the analysis itself is set in `hessian`). allocation=rule:
     # each encoder layer gets w_bits (low) or high_bits, the most sensitive ones high_bits; how
     # many: high_layers, else the most that keep the mean width <= avg_bits, else half the layers.
@@ -150,6 +163,13 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.method, QUANT_METHODS, "quant.method")
+        _check(0.0 <= self.ema_decay < 1.0, "quant.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.delay_steps >= 0, "quant.delay_steps", f"must be >= 0, got {self.delay_steps}")
+        _check(self.scale_grad in SCALE_GRADS, "quant.scale_grad",
+               f"got {self.scale_grad!r}, expected one of {list(SCALE_GRADS)} (MKQ-BERT's own scale "
+               "gradient is not implemented: its definition was not available, see qbert/quant/learned.py)")
+        _check(self.scale_lr is None or 0 < self.scale_lr < 1, "quant.scale_lr",
+               f"must be in (0, 1) or null, got {self.scale_lr}")
         _check(self.epochs is None or self.epochs >= 1, "quant.epochs", f"must be >= 1 or null, got {self.epochs}")
         _check(self.lr is None or 0 < self.lr < 1, "quant.lr", f"must be in (0, 1) or null, got {self.lr}")
         _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
@@ -213,6 +233,35 @@ class HessianConfig:
         _one_of(self.sensitivity, SENSITIVITIES, "hessian.sensitivity")
         _check(self.landscape_points >= 3, "hessian.landscape_points", "must be >= 3")
         _check(self.landscape_radius > 0, "hessian.landscape_radius", "must be > 0")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from the full-precision fine-tuned model of the same task.
+
+    ``quant=mkq`` turns it on; ``distill.enabled=false`` is the ablation. The loss is
+    ``labels_weight * task loss + logits_weight * T^2 * KL(teacher_T || student_T)`` (soft
+    cross-entropy at temperature T, minus the teacher's entropy so that it is 0 at equality)
+    ``+ hidden_weight * sum of per-layer MSE of hidden states + attention_weight * sum of
+    per-layer MSE of attention probabilities``.
+    """
+
+    enabled: bool = False
+    # The teacher: a full-precision run folder (or .ckpt) of this task and architecture; null =
+    # the full-precision start the quantized run is fine-tuned from (init_from / finetuned_dir).
+    teacher: Optional[str] = None
+    temperature: float = 1.0
+    logits_weight: float = 1.0
+    hidden_weight: float = 1.0
+    attention_weight: float = 1.0
+    labels_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "distill.temperature", f"must be > 0, got {self.temperature}")
+        for key in ("logits_weight", "hidden_weight", "attention_weight", "labels_weight"):
+            _check(getattr(self, key) >= 0, f"distill.{key}", f"must be >= 0, got {getattr(self, key)}")
+        _check(not self.enabled or self.logits_weight + self.hidden_weight + self.attention_weight > 0,
+               "distill.logits_weight", "distillation with every distillation weight 0 distils nothing")
 
 
 @dataclass
@@ -285,6 +334,7 @@ class RunConfig:
     hessian: HessianConfig = field(default_factory=HessianConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 42
     experiment_name: str = "default"  # W&B group and sweep folder; set by experiment presets
     # Start from a fine-tuned run: its output folder or a Lightning .ckpt file.
@@ -305,6 +355,13 @@ class RunConfig:
                        or any((self.model.path, self.model.package, self.model.hub_id)))
         _check(not self.eval_only or has_weights, "eval_only",
                "needs weights to evaluate: set init_from, a quant method or a pretrained model")
+        _check(self.quant.method != "q8bert_ptq" or self.eval_only, "eval_only",
+               "quant.method=q8bert_ptq is post-training quantization: it needs eval_only=true "
+               "(conf/quant/q8bert_ptq.yaml sets it)")
+        if self.distill.enabled:
+            _check(self.quant.method != "none", "distill.enabled",
+                   "distillation trains a quantized student from its full-precision start: set a quant method")
+            _check(not self.eval_only, "distill.enabled", "eval_only=true trains nothing to distil into")
 
 
 def register_configs() -> None:

@@ -12,13 +12,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qbert.config import HessianConfig, QuantConfig, RunConfig, validate
+from qbert.config import DistillConfig, HessianConfig, QuantConfig, RunConfig, validate
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
 from qbert.hessian.mixed_precision import hessian_allocation
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
-from qbert.quant import calibration, quantization_map, quantize_, size_from_model
+from qbert.quant import (calibration, learned_quantizers, needs_calibration, quantization_map, quantize_,
+                         size_from_model)
 from qbert.quant.methods import plan_for
+from qbert.train.distill import Distiller, load_teacher, needs_eager
 from qbert.report.record import config_hash, device_info, git_state, versions, write_results
 from qbert.train.module import TaskModule, model_inputs
 from qbert.train.trainer import build_loggers, build_trainer
@@ -61,11 +63,24 @@ def run(cfg: DictConfig) -> dict:
                     mixed_precision["bits"] if mixed_precision else None)
     if plan is not None:
         quantize_(model, plan)
-        if run_cfg.eval_only:  # post-training quantization: activation ranges from real data
+        # Activation ranges from real data: post-training quantization (not the dynamic kind),
+        # and the initial values of learned scales before QAT.
+        if (run_cfg.eval_only and needs_calibration(model)) or learned_quantizers(model):
             calibrate_(model, datamodule, run_cfg.quant.calibration_batches)
 
+    # the teacher (knowledge distillation): the full-precision start, unless distill.teacher
+    distiller = None
+    if run_cfg.distill.enabled:
+        teacher = load_teacher(run_cfg.distill.teacher or init_from, run_cfg.model, run_cfg.task, len(tokenizer))
+        if needs_eager(run_cfg.distill):  # attention maps: SDPA returns none
+            teacher.set_attn_implementation("eager")
+            model.set_attn_implementation("eager")
+        distiller = Distiller(teacher, run_cfg.distill, token_level=run_cfg.task.kind == "token_classification")
+
     # train
-    module = TaskModule(model, run_cfg.task, run_cfg.optim, datamodule, LABEL_NAMES[run_cfg.task.name])
+    module = TaskModule(model, run_cfg.task, run_cfg.optim, datamodule, LABEL_NAMES[run_cfg.task.name],
+                        distiller=distiller, quant_delay_steps=run_cfg.quant.delay_steps,
+                        scale_lr=run_cfg.quant.scale_lr)
     run_name = run_dir.name
     loggers = build_loggers(run_cfg, run_dir, run_name, config)
     trainer, checkpoint = build_trainer(run_cfg, run_dir, loggers)
@@ -111,6 +126,7 @@ def finetuned_start(cfg: DictConfig) -> str:
     fp_cfg = cfg.copy()
     fp_cfg.quant = OmegaConf.structured(QuantConfig())
     fp_cfg.hessian = OmegaConf.structured(HessianConfig())  # analysis settings do not change the start
+    fp_cfg.distill = OmegaConf.structured(DistillConfig())  # nor does the QAT stage's teacher
     fp_cfg.eval_only = False
     fp_cfg.output_dir = "."  # excluded from the hash, replaced below
     folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
@@ -162,6 +178,7 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "val_metrics": module.val_metrics,
         "data": data_provenance(run_cfg.task, run_cfg.data),
         "weights": {"source": resolve_weights(run_cfg.model), "init_from": init_from},
+        "distill": ({"teacher": run_cfg.distill.teacher or init_from} if run_cfg.distill.enabled else None),
         "num_parameters": n_params,
         "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB": the float tensors in memory
         "quantization_map": qmap,

@@ -12,11 +12,13 @@ from qbert.quant.bert_plans import (
     build_plan,
     directq_plan,
     layerwise_plan,
+    mkq_plan,
     q8bert_plan,
     qbert_plan,
     uniform_plan,
 )
 from qbert.quant.granularity import CHANNEL, group_qparams, group_ranges, group_view, resolve_groups
+from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantizer, lsq_fake_quantize
 from qbert.quant.modules import QUANT_MODULES, QuantEmbedding, QuantLinear
 from qbert.quant.plan import (
     Plan,
@@ -52,13 +54,17 @@ from qbert.quant.surgery import (
     activation_quantizers,
     calibration,
     dequantize_,
+    learned_quantizers,
+    needs_calibration,
     quantization_map,
     quantize_,
+    set_fake_quant_,
 )
 
 __all__ = [
     "ABLATIONS", "PLAN_BUILDERS", "ablation_plan", "build_plan", "directq_plan", "layerwise_plan",
-    "q8bert_plan", "qbert_plan", "uniform_plan",
+    "mkq_plan", "q8bert_plan", "qbert_plan", "uniform_plan",
+    "LearnedActivationQuantizer", "LearnedWeightQuantizer", "lsq_fake_quantize",
     "CHANNEL", "group_qparams", "group_ranges", "group_view", "resolve_groups",
     "QUANT_MODULES", "QuantEmbedding", "QuantLinear",
     "Plan", "QuantSpec", "assign", "key_matches", "normalize_plan", "plan_from_dict", "plan_to_dict",
@@ -66,5 +72,6 @@ __all__ = [
     "qrange", "quantize", "range_from_tensor",
     "ActivationQuantizer", "WeightQuantizer",
     "BERT_BASE", "BertDims", "SizeReport", "account", "bert_slots", "size_from_config", "size_from_model",
-    "activation_quantizers", "calibration", "dequantize_", "quantization_map", "quantize_",
+    "activation_quantizers", "calibration", "dequantize_", "learned_quantizers", "needs_calibration",
+    "quantization_map", "quantize_", "set_fake_quant_",
 ]

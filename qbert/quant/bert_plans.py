@@ -97,10 +97,25 @@ def qbert_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, groups: Groups = 1
     return uniform_plan(w_bits, e_bits, a_bits, groups=groups, **kw)
 
 
-def q8bert_plan(**kw: Any) -> Plan:
-    """Q8BERT: symmetric 8-bit weights and inputs, per-tensor ranges, all three embeddings."""
-    kw.setdefault("quantize_token_type", True)
-    return uniform_plan(8, 8, 8, groups=1, **kw)
+def q8bert_plan(*, momentum: float = 0.9, dynamic: bool = False, prefix: Optional[str] = None,
+                quantize_token_type: bool = True) -> Plan:
+    """Q8BERT: symmetric 8-bit weights (max |w|) and inputs of every encoder Linear, per-tensor
+    ranges, all three embedding tables. Inputs: an EMA of max |x| with factor ``momentum``
+    (quantization-aware training), or with ``dynamic`` each batch's own max |x| (the paper's
+    dynamic post-training quantization baseline)."""
+    spec = QuantSpec(w_bits=8, groups=1, a_bits=8, symmetric=True, momentum=momentum, dynamic=dynamic)
+    plan = _layer_entries(prefix, None, spec, 1)
+    return plan + _embedding_entries(prefix, 8, 1, True, quantize_token_type)
+
+
+def mkq_plan(w_bits: int = 4, a_bits: int = 4, e_bits: int = 8, groups: Groups = 1, *,
+             scale_grad: str = "lsq", a_symmetric: bool = False, prefix: Optional[str] = None) -> Plan:
+    """MKQ-BERT: every encoder Linear with a learned weight step (symmetric, ``groups`` row
+    groups) and a learned input step + offset (asymmetric, LSQ+); embeddings at ``e_bits`` with
+    max-abs ranges (their input is token ids, so there is nothing to learn about an activation)."""
+    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=a_symmetric, learned=scale_grad)
+    plan = _layer_entries(prefix, None, spec, groups)
+    return plan + _embedding_entries(prefix, e_bits, 1, True, False)
 
 
 def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int = 8,
@@ -147,6 +162,7 @@ PLAN_BUILDERS: dict[str, Callable[..., Plan]] = {
     "directq": directq_plan,
     "qbert": qbert_plan,
     "q8bert": q8bert_plan,
+    "mkq": mkq_plan,
     "layerwise": layerwise_plan,
     "ablation": ablation_plan,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from qbert.config import QuantConfig
-from qbert.quant.bert_plans import ablation_plan, directq_plan, layerwise_plan, qbert_plan
+from qbert.quant.bert_plans import ablation_plan, directq_plan, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan
 from qbert.quant.plan import Plan
 
 LayerBits = Optional[Sequence[int]]
@@ -32,11 +32,27 @@ def _ablation(cfg: QuantConfig, num_heads: int, layer_bits: LayerBits) -> Plan:
                          heads_as_groups=cfg.heads_as_groups, num_heads=num_heads, symmetric=cfg.symmetric)
 
 
+def _q8bert(cfg: QuantConfig, num_heads: int, layer_bits: LayerBits) -> Plan:
+    return q8bert_plan(momentum=cfg.ema_decay)
+
+
+def _q8bert_ptq(cfg: QuantConfig, num_heads: int, layer_bits: LayerBits) -> Plan:
+    return q8bert_plan(dynamic=True)
+
+
+def _mkq(cfg: QuantConfig, num_heads: int, layer_bits: LayerBits) -> Plan:
+    return mkq_plan(cfg.w_bits, cfg.a_bits, cfg.e_bits, groups=cfg.groups, scale_grad=cfg.scale_grad,
+                    a_symmetric=cfg.symmetric)
+
+
 METHODS: dict[str, Callable[[QuantConfig, int, LayerBits], Plan]] = {
     "directq": _directq,
     "qbert": _qbert,
     "qbert_mp": _qbert_mp,
     "ablation": _ablation,
+    "q8bert": _q8bert,
+    "q8bert_ptq": _q8bert_ptq,
+    "mkq": _mkq,
 }
 
 

@@ -8,6 +8,12 @@
 * The only extra state is ``input_quantizer.{running_min,running_max,initialized}`` on a
   ``QuantLinear`` whose spec has ``a_bits < 32``. A float state_dict lacking them still
   loads with ``strict=True`` (the ranges are then "not observed yet").
+* ``spec.learned`` (``quant=mkq``) swaps in the learned-scale quantizers of
+  ``qbert.quant.learned``: the steps (and the input's offset) are then parameters,
+  ``weight_quantizer.scale`` / ``input_quantizer.{scale,offset}``, initialised from the weight at
+  ``from_float`` and from calibration batches for the input.
+* ``fake_quant_enabled = False`` (Q8BERT's delay, ``surgery.set_fake_quant_``) makes the module
+  compute in float; an EMA input quantizer still observes ranges in training meanwhile.
 * ``to_float()`` returns a plain module holding the **original float weights** (so
   ``dequantize_`` exactly inverts ``quantize_``); ``to_float(bake=True)`` instead stores the
   fake-quantized weight ``Q(W)`` (what this module computes, minus activation quantization).
@@ -22,17 +28,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qbert.quant.granularity import resolve_groups
+from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantizer
 from qbert.quant.plan import QuantSpec
 from qbert.quant.primitives import FLOAT_BITS, fake_quantize
 from qbert.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
 
-def _weight_quantizer(spec: QuantSpec, rows: int, name: str) -> WeightQuantizer:
+def _weight_quantizer(spec: QuantSpec, rows: int, name: str, device=None) -> nn.Module:
     resolve_groups(spec.groups, rows, name)  # fail at surgery time, not at the first forward
+    if spec.learned is not None:
+        if spec.w_bits == FLOAT_BITS:
+            raise ValueError(f"{name}: a learned weight scale needs w_bits < 32")
+        return LearnedWeightQuantizer(spec.w_bits, rows, spec.groups, spec.learned, name, device=device)
     return WeightQuantizer(spec.w_bits, spec.groups, spec.symmetric, spec.range, spec.percentile, name)
 
 
-def _baked(weight: nn.Parameter, quantizer: WeightQuantizer, bake: bool) -> nn.Parameter:
+def _baked(weight: nn.Parameter, quantizer: nn.Module, bake: bool) -> nn.Parameter:
     if not bake:
         return weight
     with torch.no_grad():
@@ -47,13 +58,17 @@ class QuantLinear(nn.Linear):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.spec = spec
-        self.weight_quantizer = _weight_quantizer(spec, out_features, name)
-        self.input_quantizer: Optional[ActivationQuantizer] = None
-        if spec.a_bits < FLOAT_BITS:
-            # from_float builds on "meta" (no wasted init) and then moves the buffers itself
+        self.fake_quant_enabled = True
+        # from_float builds on "meta" (no wasted init) and then moves the quantizers itself
+        qdevice = None if str(device) == "meta" else device
+        self.weight_quantizer = _weight_quantizer(spec, out_features, name, qdevice)
+        self.input_quantizer: Optional[nn.Module] = None
+        if spec.a_bits < FLOAT_BITS and spec.learned is not None:
+            self.input_quantizer = LearnedActivationQuantizer(spec.a_bits, spec.symmetric, spec.learned, qdevice)
+        elif spec.a_bits < FLOAT_BITS:
             self.input_quantizer = ActivationQuantizer(
                 spec.a_bits, spec.symmetric, spec.momentum, spec.range, spec.percentile,
-                device=None if str(device) == "meta" else device,
+                device=qdevice, dynamic=spec.dynamic,
             )
 
     @classmethod
@@ -63,6 +78,9 @@ class QuantLinear(nn.Linear):
         new = cls(module.in_features, module.out_features, module.bias is not None,
                   spec=spec, name=name, device="meta")
         new.weight, new.bias = module.weight, module.bias  # same Parameter objects
+        new.weight_quantizer.to(module.weight.device)
+        if isinstance(new.weight_quantizer, LearnedWeightQuantizer):
+            new.weight_quantizer.init_(module.weight)
         if new.input_quantizer is not None:
             new.input_quantizer.to(module.weight.device)
         return new.train(module.training)
@@ -74,6 +92,10 @@ class QuantLinear(nn.Linear):
         return out.train(self.training)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.fake_quant_enabled:  # Q8BERT's delay: float compute, ranges still observed
+            if isinstance(self.input_quantizer, ActivationQuantizer) and self.training and not self.input_quantizer.dynamic:
+                self.input_quantizer.observe(x)
+            return F.linear(x, self.weight, self.bias)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         return F.linear(x, self.weight_quantizer(self.weight), self.bias)
@@ -94,8 +116,11 @@ class QuantEmbedding(nn.Embedding):
             raise ValueError(f"{name}: an Embedding's input is token ids; set a_bits=32 (got {spec.a_bits})")
         if spec.w_bits == FLOAT_BITS:
             raise ValueError(f"{name}: w_bits=32 on an Embedding quantizes nothing; use None in the plan")
+        if spec.learned is not None:
+            raise ValueError(f"{name}: learned scales are for Linear layers; embeddings use max-abs ranges")
         super().__init__(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype, **kwargs)
         self.spec = spec
+        self.fake_quant_enabled = True
         self.weight_quantizer = _weight_quantizer(spec, num_embeddings, name)
 
     @classmethod
@@ -122,6 +147,8 @@ class QuantEmbedding(nn.Embedding):
         table), without a pass over all 30k rows of a word embedding at every step."""
         rows = F.embedding(ids, self.weight, self.padding_idx, self.max_norm, self.norm_type,
                            self.scale_grad_by_freq, self.sparse)
+        if not self.fake_quant_enabled:
+            return rows
         q = self.weight_quantizer
         scale, zero_point = q.qparams(self.weight)  # [G, 1, 1]
         group = ids // (self.num_embeddings // scale.shape[0])

@@ -30,6 +30,9 @@ from qbert.quant.granularity import CHANNEL, Groups
 from qbert.quant.primitives import FLOAT_BITS, RANGE_METHODS, SUPPORTED_BITS
 
 REGEX_PREFIX = "re:"
+# Gradient rules of a learned scale (qbert.quant.learned): LSQ with its gradient scaling, or
+# without it. MKQ-BERT's own rule is not implemented: its definition was not available offline.
+SCALE_GRADS: tuple[str, ...] = ("lsq", "lsq_unscaled")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,12 @@ class QuantSpec:
     ``w_bits``/``a_bits``: 2..8 or 32 (= off). ``a_bits`` quantizes a Linear's *input*.
     ``groups``: row groups of the weight (int, or ``"channel"``). ``symmetric`` applies to
     weights and activations. ``range``: ``"minmax"`` or ``"percentile"`` (then ``percentile``).
-    ``momentum``: EMA factor of the activation range.
+    ``momentum``: EMA factor of the activation range. ``dynamic``: the activation range is taken
+    from each batch at every forward (dynamic post-training quantization; no EMA, no state).
+    ``learned``: ``None`` (ranges are statistics: max-abs / EMA) or the gradient rule of a learned
+    scale (``"lsq"``, ``"lsq_unscaled"``; see ``qbert.quant.learned``): the weight scale and the
+    input's scale (and, asymmetric, its offset) become trainable parameters of the module; the
+    weight is then always symmetric and ``symmetric`` applies to the input only.
     """
 
     w_bits: int = 8
@@ -49,6 +57,8 @@ class QuantSpec:
     range: str = "minmax"
     percentile: float = 99.99
     momentum: float = 0.9
+    dynamic: bool = False
+    learned: Optional[str] = None
 
     def __post_init__(self) -> None:
         for field in ("w_bits", "a_bits"):
@@ -68,6 +78,12 @@ class QuantSpec:
             raise ValueError(f"QuantSpec.percentile={self.percentile!r} must be in (0, 100]")
         if isinstance(self.momentum, bool) or not 0.0 <= float(self.momentum) < 1.0:
             raise ValueError(f"QuantSpec.momentum={self.momentum!r} must be in [0, 1)")
+        if not isinstance(self.dynamic, bool):
+            raise ValueError(f"QuantSpec.dynamic={self.dynamic!r} must be a bool")
+        if self.learned is not None and self.learned not in SCALE_GRADS:
+            raise ValueError(f"QuantSpec.learned={self.learned!r} must be None or one of {SCALE_GRADS}")
+        if self.learned is not None and self.dynamic:
+            raise ValueError("QuantSpec: a learned scale cannot also be dynamic (per-batch) ranges")
 
     def replace(self, **changes: Any) -> "QuantSpec":
         return dataclasses.replace(self, **changes)

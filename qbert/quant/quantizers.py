@@ -9,6 +9,10 @@
   in eval mode the range is frozen. Symmetric mode tracks ``max|x|`` (``running_min`` is kept
   equal to ``-running_max``).
 
+  With ``dynamic=True`` (dynamic post-training quantization, Q8BERT's baseline) the range is
+  instead taken from the current batch at every forward, in training and eval alike; nothing is
+  stored and no calibration is needed (the buffers stay at their "not observed" values).
+
   **Eval before any range was observed raises** ``RuntimeError``: passing through would
   silently report a float model as quantized. Observe ranges first (train, or
   ``with calibration(model): model(batch)``).
@@ -86,9 +90,11 @@ class ActivationQuantizer(nn.Module):
         range_method: RangeMethod = "minmax",
         percentile: float = 99.99,
         device: torch.device | str | None = None,
+        dynamic: bool = False,
     ) -> None:
         super().__init__()
         self.bits = check_bits(bits, "a_bits")
+        self.dynamic = dynamic
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
         if range_method not in RANGE_METHODS:
@@ -119,6 +125,10 @@ class ActivationQuantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == FLOAT_BITS:
             return x
+        if self.dynamic:
+            lo, hi = range_from_tensor(x, self.range_method, self.percentile)
+            scale, zero_point = compute_qparams(lo, hi, self.bits, self.symmetric)
+            return fake_quantize(x, scale, zero_point, self.bits, self.symmetric)
         if self.training or self.observing:
             self.observe(x)
         elif not bool(self.initialized):
@@ -142,4 +152,4 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
-        return f"bits={self.bits}, {kind}, momentum={self.momentum}"
+        return f"bits={self.bits}, {kind}, " + ("dynamic" if self.dynamic else f"momentum={self.momentum}")

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
+from qbert.quant.learned import LearnedActivationQuantizer
 from qbert.quant.modules import QUANT_MODULES, QuantEmbedding, QuantLinear
 from qbert.quant.plan import PlanLike, assign
 from qbert.quant.quantizers import ActivationQuantizer
@@ -68,16 +69,39 @@ def quantization_map(model: nn.Module) -> dict[str, dict[str, Any]]:
     return {n: m.spec.to_dict() for n, m in model.named_modules() if isinstance(m, QUANTIZED_TYPES)}
 
 
-def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)}
+def activation_quantizers(model: nn.Module) -> dict[str, nn.Module]:
+    """EMA / dynamic (``ActivationQuantizer``) and learned (``LearnedActivationQuantizer``) ones."""
+    kinds = (ActivationQuantizer, LearnedActivationQuantizer)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def needs_calibration(model: nn.Module) -> bool:
+    """Whether some activation quantizer needs ranges from data before it can evaluate (not a
+    dynamic one, which takes each batch's range)."""
+    return any(not getattr(q, "dynamic", False) for q in activation_quantizers(model).values())
+
+
+def learned_quantizers(model: nn.Module) -> bool:
+    return any(isinstance(m, QUANTIZED_TYPES) and m.spec.learned is not None for m in model.modules())
+
+
+def set_fake_quant_(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch fake quantization of every quantized module on or off (Q8BERT's delay: float
+    compute for the first steps of QAT, EMA ranges still observed). Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, QUANTIZED_TYPES):
+            m.fake_quant_enabled = enabled
+    return model
 
 
 @contextlib.contextmanager
 def calibration(model: nn.Module) -> Iterator[nn.Module]:
-    """Let activation quantizers update their EMA ranges even in eval mode (PTQ calibration).
+    """Let activation quantizers take ranges from data even in eval mode (PTQ calibration, and
+    the data initialisation of learned scales).
 
     ``with calibration(model.eval()): for b in batches: model(**b)`` observes ranges without
-    dropout; on exit the ranges are frozen again.
+    dropout; on exit the ranges are frozen again (EMA) or become the trained initial values
+    (learned scales).
     """
     quantizers = list(activation_quantizers(model).values())
     for q in quantizers:

@@ -2,6 +2,11 @@
 
 The module owns a (possibly quantized) task model. Validation and test collect each window's
 prediction by its ``feature_index`` and decode them into the task metric at the end of the epoch.
+
+Quantization-aware extras: a ``Distiller`` (``qbert.train.distill``) adds the distillation terms
+to the task loss; ``quant_delay_steps`` keeps fake quantization off for the first QAT steps
+(Q8BERT's delay; evaluation is always quantized); learned quantization scales get their own
+parameter group, without weight decay and at ``scale_lr``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from qbert.config import OptimConfig, TaskConfig
 from qbert.eval.decode import decode
-from qbert.quant import quantization_map
+from qbert.quant import quantization_map, set_fake_quant_
 
 NON_MODEL_KEYS = ("feature_index",)
+SCALE_PARAMS = ("weight_quantizer.scale", "input_quantizer.scale", "input_quantizer.offset")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -22,11 +28,31 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_lr: float | None = None) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not biases and LayerNorm weights, as in
+    BERT's recipe); learned quantization steps/offsets in a group of their own, without weight
+    decay (it would shrink the steps) and at ``scale_lr`` (default: ``lr``)."""
+    decay, no_decay, scales = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(SCALE_PARAMS):
+            scales.append(param)
+        else:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if scales:
+        groups.append({"params": scales, "weight_decay": 0.0, "lr": scale_lr or lr})
+    return groups
+
+
 class TaskModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, task: TaskConfig, optim: OptimConfig,
-                 datamodule, label_names: tuple[str, ...]) -> None:
+                 datamodule, label_names: tuple[str, ...], *, distiller=None,
+                 quant_delay_steps: int = 0, scale_lr: float | None = None) -> None:
         super().__init__()
         self.model, self.task, self.optim = model, task, optim
+        self.distiller, self.quant_delay_steps, self.scale_lr = distiller, quant_delay_steps, scale_lr
         self.datamodule, self.label_names = datamodule, label_names
         self._collected: dict[int, dict] = {}
         self.test_metrics: dict[str, dict[str, float]] = {}
@@ -36,9 +62,33 @@ class TaskModule(L.LightningModule):
         return self.model(**model_inputs(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        size = batch["input_ids"].shape[0]
+        if self.distiller is None:
+            loss = self(batch).loss
+        else:
+            inputs = model_inputs(batch)
+            output = self.model(**inputs, **self.distiller.model_kwargs())
+            terms = self.distiller(output, inputs)
+            loss = self.distiller.cfg.labels_weight * output.loss + terms["kd"]
+            for name in ("logits", "hidden", "attention"):
+                self.log(f"train/kd_{name}", terms[name], batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
+
+    # --- quantization-aware extras ------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.distiller is not None:
+            self.distiller.to(self.device)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.quant_delay_steps:
+            set_fake_quant_(self.model, self.global_step >= self.quant_delay_steps)
+
+    def on_validation_start(self) -> None:
+        set_fake_quant_(self.model, True)  # evaluation is always quantized
+
+    def on_test_start(self) -> None:
+        set_fake_quant_(self.model, True)
 
     # --- evaluation: collect per-window predictions, decode at epoch end ----------------------
     def _collect(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> None:
@@ -95,14 +145,8 @@ class TaskModule(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
-        # No weight decay on biases and LayerNorm weights, as in BERT's recipe.
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.optim.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=self.optim.lr)
+        groups = param_groups(self.model, self.optim.weight_decay, self.optim.lr, self.scale_lr)
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optim.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

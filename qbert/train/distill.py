@@ -1,0 +1,153 @@
+"""Knowledge distillation from a frozen full-precision teacher (MKQ-BERT's recipe, ``quant=mkq``).
+
+* ``load_teacher`` builds the task model, loads a full-precision fine-tuned run into it and
+  freezes it in eval mode. A teacher of another task, another label set or another architecture
+  (layers, hidden size, heads) is a ``ValueError`` naming ``distill.teacher``; so is a quantized
+  run (it would not be the full-precision model).
+* ``distillation_loss`` compares one student forward with one teacher forward on the same batch:
+  logits (KL at temperature T, times T^2: the soft cross-entropy minus the teacher's entropy,
+  the same gradient, and 0 when the student equals the teacher), hidden states (the embedding
+  output and every layer) and attention probabilities (every layer), each by MSE over the
+  tokens that are not padding.
+* Attention maps need the eager attention kernel (SDPA returns none in transformers 5):
+  ``needs_eager`` says when, and the pipeline switches both models with
+  ``set_attn_implementation("eager")``.
+
+The teacher is held by a ``Distiller``, a plain object (not a submodule), so it is neither
+trained, nor saved in checkpoints, nor switched to train mode by Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qbert.config import DistillConfig
+
+KEY = "distill.teacher"
+
+
+def needs_eager(cfg: DistillConfig) -> bool:
+    return cfg.enabled and cfg.attention_weight > 0
+
+
+def _teacher_task(source: Path) -> str | None:
+    folder = source if source.is_dir() else source.parent.parent  # <run>/checkpoints/x.ckpt
+    results = folder / "results.json"
+    return json.loads(results.read_text()).get("task") if results.is_file() else None
+
+
+def load_teacher(source: str | Path, model_cfg, task_cfg, vocab_size: int) -> nn.Module:
+    """The frozen full-precision teacher of ``task_cfg`` from a run folder or ``.ckpt``."""
+    from qbert.models import build_task_model
+    from qbert.models.build import load_checkpoint
+
+    source = Path(source)
+    task = _teacher_task(source)
+    if task is not None and task != task_cfg.name:
+        raise ValueError(f"config key '{KEY}': {source} was fine-tuned on {task!r}, this run is {task_cfg.name!r}")
+    try:
+        state, qmap = load_checkpoint(source)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(str(err).replace("'init_from'", f"'{KEY}'")) from None
+    if qmap:
+        raise ValueError(f"config key '{KEY}': {source} is a quantized run; the teacher must be full precision")
+    teacher = build_task_model(model_cfg, task_cfg, vocab_size=vocab_size)
+    try:
+        missing, unexpected = teacher.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape mismatch: another label set or hidden size
+        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
+        raise ValueError(f"config key '{KEY}': {source} does not match the student's task/architecture "
+                         f"({task_cfg.name}: {task_cfg.num_labels} labels, {model_cfg.num_layers} layers, "
+                         f"hidden {model_cfg.hidden_size}): {first}") from None
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"config key '{KEY}': {source} does not match the student's task/architecture "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _token_mask(attention_mask: Tensor | None, like: Tensor) -> Tensor:
+    if attention_mask is None:
+        return torch.ones(like.shape[:2], dtype=like.dtype, device=like.device)
+    return attention_mask.to(like.dtype)
+
+
+def _masked_mse(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    """MSE over the positions where ``mask`` (shape = the leading dims of ``s``... broadcast) is 1."""
+    err = (s.float() - t.float()).square()
+    while mask.ndim < err.ndim:
+        mask = mask.unsqueeze(-1)
+    mask = mask.expand_as(err)
+    return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _logits(output) -> list[Tensor]:
+    if getattr(output, "logits", None) is not None:
+        return [output.logits]
+    return [output.start_logits, output.end_logits]  # question answering
+
+
+def _kl(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None) -> Tensor:
+    """KL(teacher_T || student_T) * T^2 per example (per token for token classification)."""
+    t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    s = F.log_softmax(student.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1) * temperature**2
+    if kl.ndim == 2 and mask is not None:  # token classification: per non-padding token
+        return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return kl.mean()
+
+
+def distillation_loss(student, teacher, cfg: DistillConfig, attention_mask: Tensor | None,
+                      token_level: bool) -> dict[str, Tensor]:
+    """The weighted distillation terms (without the task loss) and their sum under ``"kd"``."""
+    device = _logits(student)[0].device
+    zero = torch.zeros((), device=device)
+    terms = {"logits": zero, "hidden": zero, "attention": zero}
+    if cfg.logits_weight > 0:
+        mask = _token_mask(attention_mask, _logits(student)[0]) if token_level else None
+        terms["logits"] = sum(_kl(s, t, cfg.temperature, mask) for s, t in zip(_logits(student), _logits(teacher)))
+    if cfg.hidden_weight > 0:
+        mask = _token_mask(attention_mask, student.hidden_states[0])
+        terms["hidden"] = sum(_masked_mse(s, t, mask) for s, t in zip(student.hidden_states, teacher.hidden_states))
+    if cfg.attention_weight > 0:
+        if not student.attentions or not teacher.attentions:
+            raise RuntimeError("distillation of attention maps needs attn_implementation='eager' on both models")
+        mask = _token_mask(attention_mask, student.hidden_states[0] if student.hidden_states else _logits(student)[0])
+        # [B, heads, query, key]: the rows of the non-padding queries
+        qmask = mask[:, None, :]
+        terms["attention"] = sum(_masked_mse(s, t, qmask) for s, t in zip(student.attentions, teacher.attentions))
+    terms["kd"] = (cfg.logits_weight * terms["logits"] + cfg.hidden_weight * terms["hidden"]
+                   + cfg.attention_weight * terms["attention"])
+    return terms
+
+
+@dataclass
+class Distiller:
+    """The frozen teacher and the loss settings; ``TaskModule`` calls it in ``training_step``."""
+
+    teacher: nn.Module
+    cfg: DistillConfig
+    token_level: bool = False  # token classification: logits per token
+
+    def model_kwargs(self) -> dict[str, bool]:
+        return {"output_hidden_states": self.cfg.hidden_weight > 0,
+                "output_attentions": self.cfg.attention_weight > 0}
+
+    def __call__(self, student_output, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            teacher_output = self.teacher(**inputs, **self.model_kwargs())
+        return distillation_loss(student_output, teacher_output, self.cfg, inputs.get("attention_mask"),
+                                 self.token_level)
+
+    def to(self, device) -> "Distiller":
+        self.teacher.to(device)
+        return self
