@@ -90,8 +90,10 @@ def main() -> None:
     parser.add_argument("--collect", type=Path, default=None, help="only (re)write the table of a finished sweep")
     parser.add_argument("overrides", nargs="*", help="qbert overrides, after --")
     args = parser.parse_args()
-    if args.collect:
-        return write_table(args.collect, collect(args.collect), command=None, wall_seconds=None)
+    if args.collect:  # keep the commands and wall time of the run that made the sweep
+        previous = args.collect / "quant_table.json"
+        known = json.loads(previous.read_text()) if previous.is_file() else {}
+        return write_table(args.collect, collect(args.collect), known.get("command"), known.get("wall_seconds"))
     if not args.task:
         parser.error("--task is required (or --collect SWEEP_DIR)")
 
