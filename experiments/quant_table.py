@@ -36,6 +36,8 @@ def _method(results: dict) -> str:
     quant = results["config"]["quant"]
     if results["method"] == "qbert_mp":
         name += {"ilp": " ILP", "manual": " manual"}.get(quant["allocation"], f" {quant['w_bits']}/{quant['high_bits']}")
+        if quant["allocation"] != "manual" and results["config"]["hessian"]["sensitivity"] == "trace":
+            name += " (trace)"
     return name
 
 
