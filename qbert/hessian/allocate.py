@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from qbert.hessian.hvp import layer_blocks, layer_index
 from qbert.quant.bert_plans import layerwise_plan
 from qbert.quant.granularity import Groups
-from qbert.quant.quantizers import WeightQuantizer
+from qbert.quant.modules import QUANT_MODULES, weight_quantizer_for
+from qbert.quant.plan import assign
 from qbert.quant.size import MIB_BITS, size_from_config
 
 
@@ -93,8 +95,8 @@ def layer_costs(config, choices: Sequence[int], groups: Groups, **plan_kw) -> np
     for j, bits in enumerate(choices):
         report = size_from_config(config, layerwise_plan([bits] * n, groups=groups, **plan_kw), prefix="bert.")
         for name, module_bits in report.per_module_bits.items():
-            if ".encoder.layer." in f".{name}":
-                layer = int(name.split("encoder.layer.")[1].split(".")[0])
+            layer = layer_index(name)
+            if layer is not None:
                 out[layer, j] += module_bits / MIB_BITS
     return out
 
@@ -106,15 +108,17 @@ def encoder_mib(config, bits_per_layer: Sequence[int], groups: Groups, **plan_kw
 
 
 @torch.no_grad()
-def weight_perturbation(blocks: list[list[tuple[str, nn.Parameter]]], choices: Sequence[int],
-                        groups: Groups, qkv_groups: Groups) -> np.ndarray:
-    """[layers, choices]: ||Q_b(W) - W||^2 summed over each layer's Linear weights, with the
-    group-wise quantizer the plan would apply (Q/K/V with ``qkv_groups``)."""
+def weight_perturbation(model: nn.Module, choices: Sequence[int], groups: Groups, **plan_kw) -> np.ndarray:
+    """[layers, choices]: ||Q_b(W) - W||^2 summed over each layer's Linear weights, each quantized
+    as ``layerwise_plan`` at that width would quantize it (same matching, groups, symmetry)."""
+    blocks = layer_blocks(model)
+    candidates = [(n, type(m).__name__, type(m) in QUANT_MODULES) for n, m in model.named_modules()]
     out = np.zeros((len(blocks), len(choices)))
-    for i, block in enumerate(blocks):
-        for name, weight in block:
-            g = qkv_groups if name.rsplit(".", 1)[-1] in ("query", "key", "value") else groups
-            for j, bits in enumerate(choices):
-                q = WeightQuantizer(bits, g, name=name)(weight.detach().float())
-                out[i, j] += float((q - weight.float()).pow(2).sum())
+    for j, bits in enumerate(choices):
+        specs = assign(layerwise_plan([bits] * len(blocks), groups=groups, **plan_kw), candidates)
+        for i, block in enumerate(blocks):
+            for name, weight in block:
+                w = weight.detach().float()
+                q = weight_quantizer_for(specs[name], w.shape[0], name)(w)
+                out[i, j] += float((q - w).pow(2).sum())
     return out

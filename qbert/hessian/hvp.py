@@ -29,16 +29,22 @@ from torch import Tensor, nn
 from qbert.train.module import model_inputs
 
 Vector = list[Tensor]  # one tensor per parameter of a block
-_LAYER = re.compile(r"(?:.+\.)?encoder\.layer\.(\d+)\.(.+)\.weight")
+_LAYER = re.compile(r"(?:.+\.)?encoder\.layer\.(\d+)\..+")
+
+
+def layer_index(name: str) -> int | None:
+    """``i`` for a module (or parameter) name inside ``encoder.layer.<i>``, else None."""
+    match = _LAYER.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def layer_blocks(model: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
     """``blocks[i]``: the (name, weight) of every Linear in encoder layer ``i``, in module order."""
     blocks: dict[int, list[tuple[str, nn.Parameter]]] = {}
     for name, module in model.named_modules():
-        match = _LAYER.fullmatch(f"{name}.weight")
-        if match and isinstance(module, nn.Linear):
-            blocks.setdefault(int(match.group(1)), []).append((name, module.weight))
+        index = layer_index(name)
+        if index is not None and isinstance(module, nn.Linear):
+            blocks.setdefault(index, []).append((name, module.weight))
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no encoder.layer.<i> Linear modules")
     missing = sorted(set(range(max(blocks) + 1)) - set(blocks))

@@ -21,7 +21,7 @@ from qbert.config import HessianConfig, QuantConfig, RunConfig
 from qbert.hessian import cache
 from qbert.hessian.allocate import (encoder_mib, ilp_allocation, layer_costs, rule_allocation,
                                     weight_perturbation)
-from qbert.hessian.hvp import eager_attention, layer_blocks
+from qbert.hessian.hvp import eager_attention
 from qbert.hessian.plots import eigenvalue_boxplot, loss_landscape
 from qbert.hessian.sensitivity import Sensitivity, analyze
 
@@ -88,11 +88,17 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
     return sens, path, False
 
 
+def _plan_kw(quant: QuantConfig, config) -> dict[str, Any]:
+    """What ``layerwise_plan`` needs besides widths and groups, as ``plan_for`` would pass it."""
+    return {"heads_as_groups": quant.heads_as_groups, "num_heads": config.num_attention_heads,
+            "symmetric": quant.symmetric}
+
+
 def allocate(sens: Sensitivity, model: nn.Module, quant: QuantConfig, kind: str) -> dict[str, Any]:
     """Per-layer widths by the rule or the integer program, with what they cost."""
     config = model.config
     scores = sens.scores(kind)
-    plan_kw = {"heads_as_groups": quant.heads_as_groups, "num_heads": config.num_attention_heads}
+    plan_kw = _plan_kw(quant, config)
     rule = rule_allocation(scores, quant.w_bits, quant.high_bits, quant.high_layers, quant.avg_bits) \
         if quant.high_bits > quant.w_bits else None
     report: dict[str, Any] = {"allocation": quant.allocation, "sensitivity": kind, "scores": scores}
@@ -106,8 +112,7 @@ def allocate(sens: Sensitivity, model: nn.Module, quant: QuantConfig, kind: str)
                 raise ValueError("config key 'quant.size_budget_mb': needed when quant.high_bits <= quant.w_bits "
                                  "(no rule allocation to take the size from)")
             budget = encoder_mib(config, rule, quant.groups, **plan_kw)
-        qkv_groups = config.num_attention_heads if quant.heads_as_groups else quant.groups
-        perturbation = weight_perturbation(layer_blocks(model), choices, quant.groups, qkv_groups)
+        perturbation = weight_perturbation(model, choices, quant.groups, **plan_kw)
         cost = layer_costs(config, choices, quant.groups, **plan_kw)
         bits, objective = ilp_allocation(scores, perturbation, cost, choices, budget)
         report.update(budget_mib=budget, choices=choices, objective=objective,
@@ -132,9 +137,9 @@ def hessian_allocation(model: nn.Module, datamodule, run_cfg: RunConfig, out_dir
         if len(quant.layer_bits) != layers:
             raise ValueError(f"config key 'quant.layer_bits': {len(quant.layer_bits)} widths for a model with "
                              f"{layers} encoder layers")
-        plan_kw = {"heads_as_groups": quant.heads_as_groups, "num_heads": model.config.num_attention_heads}
         bits = list(quant.layer_bits)
-        return {"bits": bits, "size_wo_e_mib": encoder_mib(model.config, bits, quant.groups, **plan_kw),
+        size = encoder_mib(model.config, bits, quant.groups, **_plan_kw(quant, model.config))
+        return {"bits": bits, "size_wo_e_mib": size,
                 "mean_bits": sum(bits) / layers, "allocation": "manual"}
     sens, path, cached = sensitivity_for(model, datamodule, run_cfg)
     report = allocate(sens, model, run_cfg.quant, run_cfg.hessian.sensitivity)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -130,7 +129,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
     caller's: use eval mode and eager attention). ``landscape_layers=None``: every layer."""
     started = time.perf_counter()
     blocks = layer_blocks(model)
-    layers = [re.search(r"encoder\.layer\.\d+", block[0][0]).group(0) for block in blocks]
+    layers = [f"encoder.layer.{i}" for i in range(len(blocks))]  # layer_blocks returns them in order
     generator = torch.Generator().manual_seed(seed)
     run_windows = draw_run_batches(len(windows), fraction, runs, batch_size * batches_per_run, generator)
     landscape_layers = range(len(blocks)) if landscape_layers is None else landscape_layers

@@ -34,7 +34,8 @@ from qbert.quant.primitives import FLOAT_BITS, fake_quantize
 from qbert.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
 
-def _weight_quantizer(spec: QuantSpec, rows: int, name: str, device=None) -> nn.Module:
+def weight_quantizer_for(spec: QuantSpec, rows: int, name: str, device=None) -> nn.Module:
+    """The weight quantizer a module with ``spec`` and ``rows`` output rows uses."""
     resolve_groups(spec.groups, rows, name)  # fail at surgery time, not at the first forward
     if spec.learned is not None:
         if spec.w_bits == FLOAT_BITS:
@@ -61,7 +62,7 @@ class QuantLinear(nn.Linear):
         self.fake_quant_enabled = True
         # from_float builds on "meta" (no wasted init) and then moves the quantizers itself
         qdevice = None if str(device) == "meta" else device
-        self.weight_quantizer = _weight_quantizer(spec, out_features, name, qdevice)
+        self.weight_quantizer = weight_quantizer_for(spec, out_features, name, qdevice)
         self.input_quantizer: Optional[nn.Module] = None
         if spec.a_bits < FLOAT_BITS and spec.learned is not None:
             self.input_quantizer = LearnedActivationQuantizer(spec.a_bits, spec.symmetric, spec.learned, qdevice)
@@ -121,7 +122,7 @@ class QuantEmbedding(nn.Embedding):
         super().__init__(num_embeddings, embedding_dim, padding_idx, device=device, dtype=dtype, **kwargs)
         self.spec = spec
         self.fake_quant_enabled = True
-        self.weight_quantizer = _weight_quantizer(spec, num_embeddings, name)
+        self.weight_quantizer = weight_quantizer_for(spec, num_embeddings, name)
 
     @classmethod
     def from_float(cls, module: nn.Embedding, spec: QuantSpec, name: str = "QuantEmbedding") -> "QuantEmbedding":

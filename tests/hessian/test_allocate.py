@@ -89,8 +89,9 @@ def test_layer_costs_add_up_to_the_encoder_size():
 
 
 def test_weight_perturbation_falls_with_more_bits():
-    blocks = layer_blocks(tiny_model())
-    pert = weight_perturbation(blocks, [2, 3, 4, 8], groups=4, qkv_groups=2)
+    model = tiny_model()
+    blocks = layer_blocks(model)
+    pert = weight_perturbation(model, [2, 3, 4, 8], groups=4, heads_as_groups=True, num_heads=2)
     assert pert.shape == (2, 4)
     assert (np.diff(pert, axis=1) < 0).all()
     # by hand for layer 0 at 2 bits: Q/K/V with 2 groups (heads), the others with 4
