@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qbert.config import CONF_DIR, register_configs
@@ -12,10 +14,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from qbert.pipeline import run  # heavy imports after Hydra parsed the command line
+    from qbert.sweep.jobs import run_job  # heavy imports after Hydra parsed the command line
 
-    results = run(cfg)
-    return results.get("primary_metric")
+    results = run_job(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    return results.get("primary_metric") if results else None
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ class QuantConfig:
     # QAT steps computed in float before fake quantization turns on (Q8BERT's delay); the EMA
     # ranges are observed meanwhile.
     delay_steps: int = 0
+    # QAT optimiser steps at most (null = quant.epochs epochs); like epochs and lr, it changes the
+    # QAT stage only, so a short QAT run still starts from the fully trained full-precision model.
+    max_steps: Optional[int] = None
     # mkq: gradient rule of the learned scales, and their own learning rate (null = quant.lr).
     scale_grad: str = "lsq"
     scale_lr: Optional[float] = None
@@ -172,6 +175,8 @@ class QuantConfig:
                f"must be in (0, 1) or null, got {self.scale_lr}")
         _check(self.epochs is None or self.epochs >= 1, "quant.epochs", f"must be >= 1 or null, got {self.epochs}")
         _check(self.lr is None or 0 < self.lr < 1, "quant.lr", f"must be in (0, 1) or null, got {self.lr}")
+        _check(self.max_steps is None or self.max_steps >= 1, "quant.max_steps",
+               f"must be >= 1 or null, got {self.max_steps}")
         _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
         for key in ("w_bits", "e_bits", "a_bits"):
             _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
@@ -325,6 +330,24 @@ class LoggerConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a job of a multirun treats work already done (qbert/sweep/jobs.py). Not part of the
+    config hash: it changes what is recomputed, never a result."""
+
+    # Skip a job whose results.json, for the same config hash, already lies under resume_root
+    # (the job's folder gets a copy, marked reused); resume an unfinished one from its
+    # checkpoints/last.ckpt.
+    skip_finished: bool = True
+    resume_unfinished: bool = True
+    resume_root: str = "outputs/multirun/${experiment_name}"
+    # A failed job records error.json (message, traceback) in its folder and the sweep goes on;
+    # false: the first failure stops the sweep (Hydra's own behaviour).
+    isolate_failures: bool = True
+    # At the end of a multirun: qbert-report on the sweep folder (table, plots, dashboard, report).
+    report: bool = True
+
+
+@dataclass
 class RunConfig:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -335,6 +358,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42
     experiment_name: str = "default"  # W&B group and sweep folder; set by experiment presets
     # Start from a fine-tuned run: its output folder or a Lightning .ckpt file.
@@ -351,6 +375,7 @@ class RunConfig:
         if self.quant.method != "none":  # the QAT stage's recipe
             self.optim.epochs = self.quant.epochs or self.optim.epochs
             self.optim.lr = self.quant.lr or self.optim.lr
+            self.trainer.max_steps = self.quant.max_steps or self.trainer.max_steps
         has_weights = (self.init_from is not None or self.quant.method != "none"  # the FP start
                        or any((self.model.path, self.model.package, self.model.hub_id)))
         _check(not self.eval_only or has_weights, "eval_only",

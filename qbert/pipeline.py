@@ -3,6 +3,7 @@ evaluate -> record. Everything a run produces lands in its output folder."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import time
@@ -32,7 +33,9 @@ for name in ("lightning", "lightning.pytorch"):
     logging.getLogger(name).handlers.clear()
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
+    """One job. ``resume_from``: a Lightning checkpoint of this very config (an interrupted job)
+    to continue training from."""
     run_cfg: RunConfig = validate(cfg)  # every range check, once
     config = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(run_cfg.output_dir)
@@ -91,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
             # this, fine-tuning would silently run with dropout off.
             module.train()
             fit_started = time.perf_counter()
-            trainer.fit(module, datamodule=datamodule)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
             fit_seconds = time.perf_counter() - fit_started
             if run_cfg.trainer.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
                 state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
@@ -107,6 +110,7 @@ def run(cfg: DictConfig) -> dict:
             save_model(model, tokenizer, run_dir / "model")
         results = _results(run_cfg, config, module, datamodule, fit_seconds, test_seconds,
                            time.perf_counter() - started, init_from, mixed_precision)
+        results["resumed_from"] = resume_from
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)
             _log_summary(loggers, results)
@@ -130,12 +134,16 @@ def finetuned_start(cfg: DictConfig) -> str:
     fp_cfg.eval_only = False
     fp_cfg.output_dir = "."  # excluded from the hash, replaced below
     folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
-    if (folder / "results.json").is_file():
-        log.info("reusing the full-precision fine-tuned model in %s", folder)
-        return str(folder)
-    log.info("no full-precision fine-tuned model yet: training one in %s", folder)
-    fp_cfg.output_dir = str(folder)
-    run(fp_cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs of a parallel sweep wait for the one that trains the start instead of training it twice.
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "results.json").is_file():
+            log.info("reusing the full-precision fine-tuned model in %s", folder)
+            return str(folder)
+        log.info("no full-precision fine-tuned model yet: training one in %s", folder)
+        fp_cfg.output_dir = str(folder)
+        run(fp_cfg)
     return str(folder)
 
 
@@ -202,6 +210,15 @@ def _log_summary(loggers, results: dict) -> None:
                     summary[f"final/{split}/{name}"] = value
             summary["config_hash"] = results["config_hash"]
             summary["model_size_mb"] = results["model_size_mb"]
+            summary["size_wo_e_mib"] = results["size"]["encoder"]["mib"]
+            # the job's row of the paper table, as a W&B Table (the sweep's report run has them all)
+            import wandb
+
+            from qbert.report.rows import from_results
+            row = from_results(results).to_dict()
+            columns = ["task", "method", "w_bits", "e_bits", "a_bits", "groups", "metric", "value",
+                       "size_wo_e_mib", "seed", "config_hash"]
+            logger.experiment.log({"results": wandb.Table(columns=columns, data=[[row[c] for c in columns]])})
 
 
 def _headline(results: dict) -> str:

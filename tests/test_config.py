@@ -22,7 +22,7 @@ def test_every_option_composes_and_validates(compose_cfg, group, option):
     assert isinstance(run, RunConfig)
     section = getattr(run, group)
     if group == "trainer":
-        assert section.accelerator == ("gpu" if option == "gpu" else "cpu")
+        assert section.accelerator == ("gpu" if option in ("gpu", "ddp") else "cpu")
     else:
         assert getattr(section, "name", getattr(section, "method", None)) == option
 
@@ -88,3 +88,17 @@ def test_local_parallel_launcher_composes():
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == 2
+
+
+def test_slurm_launcher_composes():
+    """The SLURM launcher (submitit) composes: no cluster here, so composing is the test."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "output_dir=.",
+                                                      "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition == "gpu"
+    assert cfg.hydra.callbacks.sweep_report._target_ == "qbert.sweep.callbacks.SweepReport"

@@ -14,7 +14,7 @@ import torch
 PACKAGES = ("qbert", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
             "datasets", "torchmetrics", "seqeval", "wandb")
 # Keys that change where or how loudly a run happens, not what it computes.
-NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name")
+NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep")
 NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "save_checkpoints")
 
 

@@ -27,12 +27,22 @@ def wandb_mode(requested: str | None) -> str:
     return "offline"
 
 
+def run_tags(run: RunConfig) -> list[str]:
+    """What finds a job again in W&B: task, model, method, widths, seed."""
+    tags = [run.task.name, run.model.name, run.quant.method, f"seed{run.seed}"]
+    if run.quant.method != "none":
+        tags += [f"w{run.quant.w_bits}", f"e{run.quant.e_bits}", f"a{run.quant.a_bits}"]
+        if run.quant.method == "qbert_mp":
+            tags.append(f"mp{run.quant.w_bits}-{run.quant.high_bits}")
+    return tags
+
+
 def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
     if run.logger.name == "none":
         return []
     if run.logger.name == "csv":
         return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    tags = list(run.logger.tags) or [run.task.name, run.model.name, run.quant.method]
+    tags = list(run.logger.tags) or run_tags(run)
     return [WandbLogger(project=run.logger.project, group=run.logger.group or run.experiment_name,
                         name=run_name, tags=tags, mode=wandb_mode(run.logger.mode),
                         save_dir=str(run_dir), config=config)]

@@ -1,0 +1,82 @@
+"""Find every job under one or more folders and turn them into rows (``results.json`` and
+``error.json`` only: the report never re-runs or re-evaluates anything).
+
+A job found twice (a re-run sweep copies the results of a finished job, marked reused) counts
+once. A table with no baseline job takes its baseline from the full-precision start the
+quantized jobs were fine-tuned from (``weights.init_from`` in their results).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from qbert.report.rows import Row, from_error, from_results
+
+log = logging.getLogger(__name__)
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        log.warning("skipping unreadable %s: %s", path, error)
+        return None
+
+
+def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
+    """(finished, failed) jobs as (folder, content); a failed job later finished counts as finished."""
+    finished, failed = [], []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        for path in sorted(folder.glob("**/results.json")):
+            content = _load(path)
+            if content and content.get("primary_metric_name"):
+                finished.append((path.parent, content))
+        for path in sorted(folder.glob("**/error.json")):
+            if not (path.parent / "results.json").is_file():
+                content = _load(path)
+                if content:
+                    failed.append((path.parent, content))
+    return finished, failed
+
+
+def collect_rows(folders: list[Path]) -> list[Row]:
+    finished, failed = find_jobs(folders)
+    rows: dict[str, Row] = {}
+    for folder, results in finished:
+        row = from_results(results, str(folder))
+        known = rows.get(row.config_hash)
+        if known is None or (known.status == "reused" and row.status != "reused"):
+            rows[row.config_hash] = row  # the original beats its copies
+    done = set(rows)
+    for folder, failure in failed:
+        chash = failure.get("config_hash", str(folder))
+        if chash not in done:  # failed once, finished on a re-run: it is finished
+            rows.setdefault(chash, from_error(failure, str(folder)))
+    _add_start_baselines(rows, [results for _, results in finished])
+    return list(rows.values())
+
+
+def _add_start_baselines(rows: dict[str, Row], jobs: list[dict]) -> None:
+    """Tables without a baseline job: the full-precision starts of their quantized jobs."""
+    have_baseline = {(r.experiment, r.task, r.seed) for r in rows.values() if r.method == "Baseline"}
+    for results in jobs:
+        start = (results.get("weights") or {}).get("init_from")
+        key = (results.get("experiment", "default"), results.get("task"), results.get("seed"))
+        if not start or key in have_baseline:
+            continue
+        path = Path(start) / "results.json"
+        if not path.is_file():
+            log.warning("baseline of %s not found: %s", results.get("config", {}).get("output_dir"), path)
+            continue
+        baseline = _load(path)
+        if not baseline:
+            continue
+        row = from_results(baseline, str(path.parent))
+        row.experiment = key[0]  # shown in the table of the jobs that started from it
+        row.status = "start"
+        rows.setdefault(f"{key[0]}:{row.config_hash}", row)
+        have_baseline.add(key)

@@ -1,0 +1,61 @@
+"""The papers' published numbers, kept as data (``experiments/paper_numbers.yaml``), for
+side-by-side comparison. Looked up by paper family, task, method name and w-bits column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "experiments" / "paper_numbers.yaml"
+
+
+@dataclass(frozen=True)
+class PaperCell:
+    value: float
+    baseline: Optional[float]
+    size_mb: Optional[float]
+    source: str
+
+    @property
+    def delta(self) -> Optional[float]:
+        return None if self.baseline is None else self.value - self.baseline
+
+
+class PaperNumbers:
+    def __init__(self, data: dict, path: Path | None = None):
+        self.data = data
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "PaperNumbers":
+        path = Path(path or PAPER_NUMBERS)
+        if not path.is_file():
+            raise FileNotFoundError(f"paper numbers not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        for name, paper in data.items():
+            for task, table in (paper.get("tasks") or {}).items():
+                for i, row in enumerate(table.get("rows") or []):
+                    missing = {"method", "w_bits", "value"} - set(row)
+                    if missing:
+                        raise ValueError(f"{path}: {name}.tasks.{task}.rows[{i}] lacks {sorted(missing)}")
+        return cls(data, path)
+
+    def cell(self, family: str, task: str, method: str, w_bits: str) -> Optional[PaperCell]:
+        paper = self.data.get(family) or {}
+        table = (paper.get("tasks") or {}).get(task)
+        if not table:
+            return None
+        rows = table.get("rows") or []
+        baseline = next((r["value"] for r in rows if r["method"] == "Baseline"), None)
+        for row in rows:
+            if row["method"] == method and str(row["w_bits"]) == str(w_bits):
+                return PaperCell(float(row["value"]), baseline, row.get("size_mb"), paper.get("source", family))
+        return None
+
+    def note(self, family: str, task: str) -> Optional[str]:
+        paper = self.data.get(family) or {}
+        tasks = paper.get("tasks") or {}
+        return (tasks[task].get("note") if task in tasks else None) or (None if task in tasks else paper.get("note"))

@@ -1,0 +1,163 @@
+"""The reproducibility report of a sweep: environment, exact commands, config hashes, seeds and
+variance, data provenance, protocol notes and paper-vs-ours tables, as Markdown (and as sections
+for the HTML version). Everything comes from files the jobs wrote; nothing is re-run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from qbert.report.rows import Row
+from qbert.report.tables import Table, markdown
+
+
+@dataclass
+class Sweep:
+    """One Hydra multirun found under the report's folders (its ``multirun.yaml``)."""
+
+    folder: str
+    command: str
+    sweeper_params: dict
+    jobs: int
+    wall_seconds: float | None  # first job start to last job end (from job.json), when recorded
+
+
+@dataclass
+class JobInfo:
+    folder: str
+    command: str
+    config_hash: str
+    seed: int
+    status: str
+    wall_seconds: float | None
+    results: dict = field(default_factory=dict)
+
+
+def _overrides(folder: Path) -> list[str]:
+    path = folder / ".hydra" / "overrides.yaml"
+    try:
+        return list(yaml.safe_load(path.read_text()) or [])
+    except (OSError, yaml.YAMLError):
+        return []
+
+
+def command_line(overrides: list[str], multirun: bool = False) -> str:
+    return " ".join(["qbert", *(["-m"] if multirun else []), *(shlex.quote(o) for o in overrides)])
+
+
+def find_sweeps(folders: list[Path]) -> list[Sweep]:
+    sweeps = []
+    for folder in folders:
+        for path in sorted(folder.glob("**/multirun.yaml")):
+            try:
+                cfg = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            hydra = cfg.get("hydra") or {}
+            task_overrides = ((hydra.get("overrides") or {}).get("task")) or []
+            params = ((hydra.get("sweeper") or {}).get("params")) or {}
+            starts, ends, jobs = [], [], 0
+            for job in path.parent.glob("*/job.json"):
+                jobs += 1
+                try:
+                    info = json.loads(job.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if info.get("started"):
+                    starts.append(info["started"])
+                if info.get("ended"):
+                    ends.append(info["ended"])
+            wall = max(ends) - min(starts) if starts and ends else None
+            sweeps.append(Sweep(str(path.parent), command_line(task_overrides, multirun=True), dict(params),
+                                jobs or len(list(path.parent.glob("*/.hydra"))), wall))
+    return sweeps
+
+
+def job_infos(rows: list[Row], results_by_folder: dict[str, dict]) -> list[JobInfo]:
+    infos = []
+    for r in rows:
+        if r.path is None:
+            continue
+        folder = Path(r.path)
+        overrides = _overrides(folder)
+        infos.append(JobInfo(str(folder), command_line(overrides) if overrides else "(not a Hydra job folder)",
+                             r.config_hash, r.seed, r.status, r.wall_seconds, results_by_folder.get(str(folder), {})))
+    return infos
+
+
+def environments(infos: list[JobInfo]) -> list[dict]:
+    """Distinct (git, versions, device) combinations across the jobs, with how many jobs each."""
+    seen: dict[str, dict] = {}
+    for info in infos:
+        res = info.results
+        if not res:
+            continue
+        env = {"git_sha": (res.get("git") or {}).get("sha"), "git_dirty": (res.get("git") or {}).get("dirty"),
+               "device": res.get("device"), "versions": res.get("versions")}
+        key = json.dumps(env, sort_keys=True, default=str)
+        seen.setdefault(key, {**env, "jobs": 0})["jobs"] += 1
+    return list(seen.values())
+
+
+def data_provenance(infos: list[JobInfo]) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for info in infos:
+        data = info.results.get("data")
+        if data:
+            entry = {"task": info.results.get("task"), **data}
+            seen.setdefault(json.dumps(entry, sort_keys=True, default=str), entry)
+    return list(seen.values())
+
+
+def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps: list[Sweep],
+                    infos: list[JobInfo]) -> str:
+    out = [f"# {title}", "",
+           f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {platform.node() or 'this machine'} by "
+           f"`qbert-report` from the `results.json` / `error.json` files under: "
+           + ", ".join(f"`{f}`" for f in folders) + ".", ""]
+    out += ["## Results: ours beside the paper", "",
+            "Mean ± sample std over seeds; Δ against our own baseline (same model, data and seeds); the paper's "
+            "value and its Δ against the paper's baseline. Our model is not the paper's: compare the Δ columns.", ""]
+    for table in tables:
+        out += [markdown(table), ""]
+    out += ["## Seeds and variance", "", "| table | method | w-bits | seeds | values | mean | std |", "|---|---|---|---|---|---|---|"]
+    for table in tables:
+        for r in table.rows:
+            values = ", ".join(f"{v:.2f}" for v in r.values)
+            out.append(f"| {table.task} | {r.method} | {r.w_bits} | {','.join(map(str, r.seeds))} | {values} | "
+                       f"{'' if r.mean is None else f'{r.mean:.2f}'} | {'' if r.std is None else f'{r.std:.2f}'} |")
+    out += ["", "## Commands", ""]
+    for s in sweeps:
+        wall = f", wall {s.wall_seconds:.0f} s" if s.wall_seconds is not None else ""
+        out += [f"Sweep `{s.folder}` ({s.jobs} jobs{wall}):", "", "```bash", s.command, "```"]
+        if s.sweeper_params:
+            out += ["", "sweep axes: " + "; ".join(f"`{k}` = {v}" for k, v in s.sweeper_params.items())]
+        out.append("")
+    out += ["Each job, re-runnable on its own (`qbert` + the job's overrides from its `.hydra/overrides.yaml`):", "",
+            "| config hash | seed | status | wall (s) | command |", "|---|---|---|---|---|"]
+    for info in sorted(infos, key=lambda i: i.folder):
+        wall = "" if info.wall_seconds is None else f"{info.wall_seconds:.0f}"
+        out.append(f"| `{info.config_hash}` | {info.seed} | {info.status} | {wall} | `{info.command}` |")
+    out += ["", "## Environment", ""]
+    for env in environments(infos):
+        dirty = {True: " (uncommitted changes)", False: " (clean)", None: " (unknown)"}[env["git_dirty"]]
+        out += [f"- {env['jobs']} job(s): git `{env['git_sha']}`{dirty}; device `{json.dumps(env['device'])}`",
+                f"  - versions: " + ", ".join(f"{k} {v}" for k, v in (env["versions"] or {}).items())]
+    out += ["", "## Data provenance and protocol", ""]
+    for d in data_provenance(infos):
+        note = f" **Protocol:** {d['protocol_note']}" if d.get("protocol_note") else ""
+        cut = ", ".join(f"{k} {d[k]}" for k in ("max_train_samples", "max_eval_samples") if d.get(k))
+        out.append(f"- {d['task']}: source `{d.get('source')}` (`{d.get('root')}`), train `{d.get('train')}`, "
+                   f"val `{d.get('val')}`, test {d.get('test')}{'; cut: ' + cut if cut else ''}.{note}")
+    notes = {t.note for t in tables if t.note}
+    out += [f"- {n}" for n in sorted(notes)]
+    failures = [(t.task, f) for t in tables for f in t.failures]
+    if failures:
+        out += ["", "## Failed jobs", ""] + [f"- {task}: {f}" for task, f in failures]
+    return "\n".join(out) + "\n"

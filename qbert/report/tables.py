@@ -1,0 +1,162 @@
+"""Rows -> paper-style tables: one per (experiment, task, model), seeds averaged (mean ± std),
+our Δ against our own baseline beside the paper's value and the paper's Δ against its baseline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional
+
+from qbert.report.paper import PaperCell, PaperNumbers
+from qbert.report.rows import Row
+
+# Paper order: baseline first, then by falling mean width; methods at one width in paper order.
+METHOD_ORDER = ("Baseline", "Q8BERT", "Dynamic PTQ", "DirectQ", "Q-BERT", "Q-BERT MP", "MKQ-BERT")
+
+
+@dataclass
+class TableRow:
+    method: str
+    w_bits: str
+    mean_w_bits: float
+    e_bits: int
+    a_bits: int
+    groups: Optional[int]
+    values: list[float]  # one per finished seed
+    seeds: list[int]
+    size_wo_e_mib: Optional[float]
+    family: str
+    failed: list[str] = field(default_factory=list)  # "seed 2: ValueError: ..."
+    layer_bits: Optional[list[int]] = None
+    config_hashes: list[str] = field(default_factory=list)
+    paper: Optional[PaperCell] = None
+    delta: Optional[float] = None  # mean minus our baseline's mean
+
+    @property
+    def mean(self) -> Optional[float]:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> Optional[float]:
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+    def shown(self) -> str:
+        if self.mean is None:
+            return "failed"
+        text = f"{self.mean:.2f}"
+        if self.std is not None:
+            text += f" ± {self.std:.2f}"
+        return text + (f" (n={len(self.values)})" if len(self.values) > 1 else "")
+
+
+@dataclass
+class Table:
+    experiment: str
+    task: str
+    model: str
+    metric: str
+    rows: list[TableRow]
+    omega: dict[str, list[float]] = field(default_factory=dict)  # Hessian Ω per layer, by seed
+    note: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment}_{self.task}_{self.model}".replace("/", "-")
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.method} {r.w_bits}: {f}" for r in self.rows for f in r.failed]
+
+
+def _sort_key(row: TableRow) -> tuple:
+    base = row.method.split(" ILP")[0].split(" manual")[0].split(" (")[0].split(",")[0]
+    order = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return (row.method != "Baseline", -row.mean_w_bits, order, row.method, row.groups or 0)
+
+
+def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Table]:
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.experiment, row.task, row.model), []).append(row)
+    tables = []
+    for (experiment, task, model), members in sorted(groups.items()):
+        by_variant: dict[str, TableRow] = {}
+        omega: dict[str, list[float]] = {}
+        for r in sorted(members, key=lambda r: r.seed):
+            # Baselines of several seeds are one row, whatever their start's folder.
+            key = "baseline" if r.method == "Baseline" else r.variant
+            t = by_variant.setdefault(key, TableRow(
+                method=r.method, w_bits=r.w_bits, mean_w_bits=r.mean_w_bits, e_bits=r.e_bits, a_bits=r.a_bits,
+                groups=r.groups, values=[], seeds=[], size_wo_e_mib=r.size_wo_e_mib, family=r.family,
+                layer_bits=r.layer_bits))
+            if r.status == "failed":
+                t.failed.append(f"seed {r.seed}: {r.error}")
+            elif r.seed not in t.seeds:
+                t.values.append(float(r.value))
+                t.seeds.append(r.seed)
+                t.config_hashes.append(r.config_hash)
+                t.size_wo_e_mib = t.size_wo_e_mib if t.size_wo_e_mib is not None else r.size_wo_e_mib
+            if r.omega and f"seed {r.seed}" not in omega:
+                omega[f"seed {r.seed}"] = r.omega
+        table_rows = sorted(by_variant.values(), key=_sort_key)
+        baseline = next((t.mean for t in table_rows if t.method == "Baseline"), None)
+        families = {t.family for t in table_rows if t.method != "Baseline"}
+        base_family = "qbert" if "qbert" in families or not families else sorted(families)[0]
+        for t in table_rows:
+            if t.mean is not None and baseline is not None and t.method != "Baseline":
+                t.delta = t.mean - baseline
+            if paper is not None:
+                t.paper = paper.cell(base_family if t.method == "Baseline" else t.family, task, t.method, t.w_bits)
+        metric = next((r.metric for r in members if r.metric != "?"), "?")
+        note = paper.note(base_family, task) if paper is not None else None
+        tables.append(Table(experiment, task, model, metric, table_rows, omega, note))
+    return tables
+
+
+COLUMNS = ["Method", "w-bits", "e-bits", "a-bits", "groups", "metric", "Δ vs our baseline",
+           "paper", "paper Δ", "Size w/o-e (MiB)", "paper Size w/o-e (MB)", "seeds"]
+
+
+def cells(t: TableRow) -> list:
+    """One table row as typed cells (numbers stay numbers; None where there is nothing)."""
+    return [t.method, t.w_bits, t.e_bits, t.a_bits, t.groups, t.mean, t.delta,
+            t.paper.value if t.paper else None, _paper_delta(t),
+            t.size_wo_e_mib, t.paper.size_mb if t.paper else None, ",".join(map(str, t.seeds))]
+
+
+def _paper_delta(t: TableRow) -> Optional[float]:
+    return t.paper.delta if t.paper and t.method != "Baseline" else None
+
+
+def markdown(table: Table) -> str:
+    head = [f"**{table.task}** / {table.model} / experiment `{table.experiment}`: {table.metric}"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for t in table.rows:
+        c = cells(t)
+        shown = [c[0], c[1], c[2], c[3], "" if c[4] is None else c[4], t.shown(),
+                 "" if t.delta is None else f"{t.delta:+.2f}",
+                 "" if c[7] is None else f"{c[7]:.2f}", "" if c[8] is None else f"{c[8]:+.2f}",
+                 "" if c[9] is None else f"{c[9]:.2f}", "" if c[10] is None else f"{c[10]:g}", c[11]]
+        lines.append("| " + " | ".join(map(str, shown)) + " |")
+    tail = [f"Failed: {f}" for f in table.failures]
+    if table.note:
+        tail.append(f"Note: {table.note}")
+    return "\n".join(head + [""] + lines + ([""] + tail if tail else []))
+
+
+def to_csv(table: Table) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["experiment", "task", "model", "metric_name", "method", "w_bits", "e_bits", "a_bits",
+                     "groups", "mean", "std", "n", "delta_vs_baseline", "paper", "paper_delta",
+                     "size_wo_e_mib", "paper_size_mb", "seeds", "layer_bits", "failed", "config_hashes"])
+    for t in table.rows:
+        writer.writerow([table.experiment, table.task, table.model, table.metric, t.method, t.w_bits,
+                         t.e_bits, t.a_bits, t.groups, t.mean, t.std, len(t.values), t.delta,
+                         t.paper.value if t.paper else None, _paper_delta(t),
+                         t.size_wo_e_mib, t.paper.size_mb if t.paper else None,
+                         " ".join(map(str, t.seeds)), "/".join(map(str, t.layer_bits or [])),
+                         " | ".join(t.failed), " ".join(t.config_hashes)])
+    return out.getvalue()

@@ -1,0 +1,1 @@
+"""Sweeps: job bookkeeping (skip, resume, failure records) and the end-of-sweep report hook."""

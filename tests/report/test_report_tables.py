@@ -1,0 +1,142 @@
+"""qbert-report on hand-written results.json files: the paper-style table it must produce."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from qbert.report.cli import main as report_main
+from qbert.report.cli import report
+from qbert.report.collect import collect_rows
+from qbert.report.figures import pareto_front
+from qbert.report.paper import PaperNumbers
+from qbert.report.tables import build_tables, markdown, to_csv
+
+
+def write_job(folder: Path, method: str, value: float, seed: int, *, w_bits: int = 8, groups: int = 128,
+              task: str = "sst2", init_from: str | None = None, experiment: str = "exp", extra_quant=None,
+              mixed_precision=None, reused_from=None, chash: str | None = None) -> Path:
+    quant = {"method": method, "w_bits": w_bits, "e_bits": 8, "a_bits": 8, "groups": groups,
+             "allocation": "rule", "high_bits": 3, **(extra_quant or {})}
+    config = {"task": {"name": task, "metric": "accuracy"}, "quant": quant, "seed": seed,
+              "experiment_name": experiment, "init_from": init_from, "hessian": {"sensitivity": "eigenvalue"},
+              "distill": {"enabled": False}}
+    results = {
+        "task": task, "model": "minilm", "method": method, "experiment": experiment, "seed": seed,
+        "config_hash": chash or f"{method}{w_bits}{groups}s{seed}{task}",
+        "primary_metric_name": "dev/accuracy", "primary_metric": value,
+        "metrics": {"dev": {"accuracy": value}}, "size": {"encoder": {"mib": 40.0 * w_bits / 32}},
+        "weights": {"init_from": init_from}, "timing_seconds": {"wall": 10.0},
+        "mixed_precision": mixed_precision, "config": config,
+        "data": {"source": "sample", "root": "x", "train": "train", "val": "dev", "test": ["dev"], "protocol_note": ""},
+        "git": {"sha": "abc", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": {"accelerator": "cpu"},
+    }
+    if reused_from:
+        results["reused_from"] = reused_from
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A two-task sweep: three seeds of Q-BERT 4-bit, DirectQ 4-bit, Q-BERT MP 2/3, a failed job,
+    a reused copy, baselines only as the full-precision starts the jobs name."""
+    root = tmp_path / "sweep"
+    starts = {}
+    for seed, base in ((1, 84.0), (2, 86.0), (3, 85.0)):
+        starts[seed] = str(write_job(tmp_path / "finetuned" / f"s{seed}", "none", base, seed, w_bits=32))
+    for seed, v in ((1, 80.0), (2, 82.0), (3, 84.0)):
+        write_job(root / f"q{seed}", "qbert", v, seed, w_bits=4, init_from=starts[seed])
+        write_job(root / f"d{seed}", "directq", v - 10, seed, w_bits=4, groups=1, init_from=starts[seed])
+    mp = {"bits": [3, 3, 2, 2], "mean_bits": 2.5, "size_wo_e_mib": 3.2, "allocation": "rule",
+          "table": [{"omega": 9.0}, {"omega": 5.0}, {"omega": 2.0}, {"omega": 1.0}]}
+    write_job(root / "mp1", "qbert_mp", 81.0, 1, w_bits=2, init_from=starts[1], mixed_precision=mp)
+    # the same job again, copied by a re-run sweep: counted once
+    write_job(root / "rerun" / "q1", "qbert", 80.0, 1, w_bits=4, init_from=starts[1], reused_from=str(root / "q1"))
+    failed = root / "fail1"
+    failed.mkdir()
+    (failed / "error.json").write_text(json.dumps({
+        "status": "failed", "config_hash": "boom", "error_type": "ValueError", "message": "groups=3 does not divide",
+        "task": "sst2", "model": "minilm", "method": "qbert", "experiment": "exp", "seed": 1,
+        "config": {"quant": {"method": "qbert", "w_bits": 2, "e_bits": 8, "a_bits": 8, "groups": 3},
+                   "task": {"name": "sst2", "metric": "accuracy"}, "seed": 1}}))
+    write_job(root / "c1", "qbert", 70.0, 1, w_bits=4, task="conll03", init_from=None)
+    return root
+
+
+def test_table_rows_seeds_deltas_and_paper(sweep):
+    tables = build_tables(collect_rows([sweep]), PaperNumbers.load())
+    sst2 = next(t for t in tables if t.task == "sst2")
+    by = {(r.method, r.w_bits): r for r in sst2.rows}
+    assert [(r.method, r.w_bits) for r in sst2.rows][0] == ("Baseline", "32")
+    base, qb, dq, mp = by["Baseline", "32"], by["Q-BERT", "4"], by["DirectQ", "4"], by["Q-BERT MP", "2/3 MP"]
+    assert base.values == [84.0, 86.0, 85.0] and base.mean == pytest.approx(85.0)
+    assert qb.seeds == [1, 2, 3] and qb.mean == pytest.approx(82.0) and qb.std == pytest.approx(2.0)
+    assert qb.delta == pytest.approx(-3.0) and dq.delta == pytest.approx(-13.0) and dq.groups == 1
+    assert qb.paper.value == 92.66 and qb.paper.delta == pytest.approx(92.66 - 93.00)
+    assert dq.paper.value == 85.67 and mp.paper.value == 92.08 and mp.paper.size_mb == 25.4
+    assert mp.layer_bits == [3, 3, 2, 2] and mp.mean_w_bits == 2.5
+    failed = by["Q-BERT", "2"]
+    assert failed.mean is None and "groups=3 does not divide" in failed.failed[0]
+    assert sst2.omega == {"seed 1": [9.0, 5.0, 2.0, 1.0]}
+    # conll03: no baseline anywhere (no init_from) -> no delta, but the row is there
+    conll = next(t for t in tables if t.task == "conll03")
+    assert [(r.method, r.mean, r.delta) for r in conll.rows] == [("Q-BERT", 70.0, None)]
+
+
+def test_markdown_and_csv(sweep):
+    tables = build_tables(collect_rows([sweep]), PaperNumbers.load())
+    sst2 = next(t for t in tables if t.task == "sst2")
+    md = markdown(sst2)
+    assert "| Q-BERT | 4 | 8 | 8 | 128 | 82.00 ± 2.00 (n=3) | -3.00 | 92.66 | -0.34 | 5.00 | 40.6 | 1,2,3 |" in md
+    assert "| Baseline | 32 | 32 | 32 |  | 85.00 ± 1.00 (n=3) |  | 93.00 |  |" in md
+    assert "Failed: Q-BERT 2: seed 1: ValueError: groups=3 does not divide" in md
+    rows = list(csv.DictReader(io.StringIO(to_csv(sst2))))
+    qb = next(r for r in rows if r["method"] == "Q-BERT" and r["w_bits"] == "4")
+    assert float(qb["mean"]) == 82.0 and float(qb["std"]) == 2.0 and qb["n"] == "3" and qb["seeds"] == "1 2 3"
+
+
+def test_report_writes_everything(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report_main([str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "82.00 ± 2.00 (n=3)" in printed and "1 failed job(s)" in printed
+    names = {p.name for p in out.iterdir()}
+    assert {"exp_sst2_minilm.md", "exp_sst2_minilm.csv", "exp_sst2_minilm_metric_vs_bits.png",
+            "exp_sst2_minilm_pareto.png", "exp_sst2_minilm_hessian_omega.png", "dashboard.html",
+            "reproducibility.md", "reproducibility.html", "summary.json"} <= names
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "dashboard.html").read_text()
+    assert "data:image/png;base64," in html and "Q-BERT MP" in html
+    repro = (out / "reproducibility.md").read_text()
+    for part in ("## Commands", "## Environment", "git `abc` (clean)", "## Data provenance", "## Seeds and variance",
+                 "| sst2 | Q-BERT | 4 | 1,2,3 | 80.00, 82.00, 84.00 | 82.00 | 2.00 |", "## Failed jobs"):
+        assert part in repro, part
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["failures"]) == 1 and {t["task"] for t in summary["tables"]} == {"sst2", "conll03"}
+
+
+def test_report_refuses_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no results.json"):
+        report([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path / "missing")])
+
+
+def test_paper_numbers_are_checked(tmp_path):
+    bad = tmp_path / "paper.yaml"
+    bad.write_text("qbert:\n  tasks:\n    sst2:\n      rows:\n        - {method: DirectQ, value: 1.0}\n")
+    with pytest.raises(ValueError, match=r"qbert.tasks.sst2.rows\[0\] lacks \['w_bits'\]"):
+        PaperNumbers.load(bad)
+
+
+def test_pareto_front():
+    points = [(10.0, 80.0), (5.0, 79.0), (5.0, 70.0), (2.5, 50.0), (3.0, 40.0), (20.0, 79.5)]
+    assert pareto_front(points) == [(2.5, 50.0), (5.0, 79.0), (10.0, 80.0)]
