@@ -37,10 +37,13 @@ def html_table(table: Table) -> HtmlTable:
 
 
 def report(folders: list[Path], out_dir: Path, paper_path: Path | None = None,
-           title: str | None = None) -> dict:
-    """Build everything; returns the summary (tables as dicts, failures, files written)."""
+           title: str | None = None, as_experiment: str | None = None) -> dict:
+    """Build everything; returns the summary (tables as dicts, failures, files written).
+    ``as_experiment``: one table per task for all folders (sweeps of one table run in parts)."""
     paper = PaperNumbers.load(paper_path)
     rows = collect_rows(folders)
+    for row in rows if as_experiment else []:
+        row.experiment = as_experiment
     if not rows:
         raise FileNotFoundError(f"no results.json or error.json under {', '.join(map(str, folders))}")
     tables = build_tables(rows, paper)
@@ -95,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <first folder>/report)")
     parser.add_argument("--paper", type=Path, default=None, help="paper numbers YAML (default: experiments/paper_numbers.yaml)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--as-experiment", default=None, metavar="NAME",
+                        help="put the jobs of every folder into one table per task (a table swept in parts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        summary = report(args.folders, args.out or args.folders[0] / "report", args.paper, args.title)
+        summary = report(args.folders, args.out or args.folders[0] / "report", args.paper, args.title,
+                         args.as_experiment)
     except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"qbert-report: error: {error}\n")
     print("\n\n".join(summary["markdown"]))

@@ -122,6 +122,15 @@ def test_report_writes_everything(sweep, tmp_path, capsys):
     assert len(summary["failures"]) == 1 and {t["task"] for t in summary["tables"]} == {"sst2", "conll03"}
 
 
+def test_sweeps_of_one_table_in_parts_merge(sweep, tmp_path):
+    other = tmp_path / "part2"
+    write_job(other / "q8", "qbert", 84.5, 1, w_bits=8, experiment="exp_part2", init_from=str(tmp_path / "finetuned" / "s1"))
+    summary = report([sweep, other], tmp_path / "merged", as_experiment="merged")
+    sst2 = next(t for t in summary["tables"] if t["task"] == "sst2")
+    assert sst2["experiment"] == "merged" and len(summary["tables"]) == 2
+    assert {(r["method"], r["w_bits"]) for r in sst2["rows"]} >= {("Q-BERT", "8"), ("Q-BERT", "4"), ("Baseline", "32")}
+
+
 def test_report_refuses_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no results.json"):
