@@ -14,7 +14,7 @@ import torch
 PACKAGES = ("qbert", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
             "datasets", "torchmetrics", "seqeval", "wandb")
 # Keys that change where or how loudly a run happens, not what it computes.
-NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep")
+NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
 NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "save_checkpoints")
 
 
@@ -24,6 +24,8 @@ def config_hash(config: dict) -> str:
     if isinstance(semantic.get("trainer"), dict):
         semantic["trainer"] = {k: v for k, v in semantic["trainer"].items()
                                if k not in NON_SEMANTIC_TRAINER_KEYS}
+    if isinstance(semantic.get("hessian"), dict):  # where the analysis is cached, not what it is
+        semantic["hessian"] = {k: v for k, v in semantic["hessian"].items() if k != "cache_dir"}
     blob = json.dumps(semantic, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

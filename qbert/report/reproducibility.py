@@ -26,6 +26,7 @@ class Sweep:
     sweeper_params: dict
     jobs: int
     wall_seconds: float | None  # first job start to last job end (from job.json), when recorded
+    job_wall_seconds: float = 0.0  # the sum of its jobs' own wall times (results.json), reused ones excluded
 
 
 @dataclass
@@ -74,8 +75,16 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
                 if info.get("ended"):
                     ends.append(info["ended"])
             wall = max(ends) - min(starts) if starts and ends else None
+            job_wall = 0.0
+            for results_path in path.parent.glob("*/results.json"):
+                try:
+                    results = json.loads(results_path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if not results.get("reused_from"):
+                    job_wall += float((results.get("timing_seconds") or {}).get("wall") or 0.0)
             sweeps.append(Sweep(str(path.parent), command_line(task_overrides, multirun=True), dict(params),
-                                jobs or len(list(path.parent.glob("*/.hydra"))), wall))
+                                jobs or len(list(path.parent.glob("*/.hydra"))), wall, job_wall))
     return sweeps
 
 
@@ -135,6 +144,7 @@ def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps
     out += ["", "## Commands", ""]
     for s in sweeps:
         wall = f", wall {s.wall_seconds:.0f} s" if s.wall_seconds is not None else ""
+        wall += f", jobs' own wall times sum to {s.job_wall_seconds:.0f} s" if s.job_wall_seconds else ""
         out += [f"Sweep `{s.folder}` ({s.jobs} jobs{wall}):", "", "```bash", s.command, "```"]
         if s.sweeper_params:
             out += ["", "sweep axes: " + "; ".join(f"`{k}` = {v}" for k, v in s.sweeper_params.items())]
