@@ -136,7 +136,7 @@ def finetuned_start(cfg: DictConfig) -> str:
     folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Jobs of a parallel sweep wait for the one that trains the start instead of training it twice.
-    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "results.json").is_file():
             log.info("reusing the full-precision fine-tuned model in %s", folder)
