@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--packed", type=Path, required=True, help="packed Q8BERT MiniLM (qbert-export)")
     parser.add_argument("--models", default="minilm,bert_base")
     parser.add_argument("--grid", default="1x128,8x128,32x128,32x384")
+    parser.add_argument("--bert-base-grid", help="grid for bert_base (default: --grid)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -259,7 +260,8 @@ def main() -> None:
                     for tag, bits in (("w4", [4] * 12), ("mp23", [3] * 6 + [2] * 6)):
                         jobs.append((f"bert_base_{tag}", lambda t=tag, b=bits: bench_cuda("bert_base", lowbit_packed(Path(tmp), b, t), grid, args, "int4")))
             else:
-                jobs.append((name, lambda n=name: bench_model(n, args.packed if n == "minilm" else bert_base_packed(Path(tmp)), grid, args)))
+                g = grid if name == "minilm" or not args.bert_base_grid else [tuple(int(v) for v in p.split("x")) for p in args.bert_base_grid.split(",")]
+                jobs.append((name, lambda n=name, g=g: bench_model(n, args.packed if n == "minilm" else bert_base_packed(Path(tmp)), g, args)))
                 if name == "minilm" and args.packed_lowbit:
                     jobs.append(("minilm_lowbit", lambda: bench_lowbit_cpu("minilm", args.packed_lowbit, grid[:3], args)))
         for key, job in jobs:
