@@ -1,0 +1,134 @@
+"""Fake-quantized model -> packed file: the integer codes each quantized module computes with.
+
+``export_packed(model, path)`` takes a model after ``quantize_`` (+ QAT or calibration) and
+writes what its forward actually uses: ``Q(W)`` as integer codes + per-group steps, and the
+frozen input qparams. ``load_run_model(run_dir)`` rebuilds such a model from a run folder
+(``model/`` of ``pipeline.save_model``), the input of the ``qbert-export`` command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from qbert.export.packed_file import write_packed
+from qbert.export.packing import pack, to_codes
+from qbert.quant import FLOAT_BITS, QuantEmbedding, QuantLinear, compute_qparams, plan_from_dict, quantize_
+from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantizer
+from qbert.quant.primitives import MIN_SCALE, qrange
+from qbert.quant.quantizers import ActivationQuantizer
+from qbert.quant.surgery import quantization_map
+
+QUANTIZER_KEYS = ("weight_quantizer.", "input_quantizer.")
+
+
+@torch.no_grad()
+def weight_codes(m: QuantLinear | QuantEmbedding) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(q int32 [rows, cols], scale fp32 [G], zero_point int32 [G] or None)`` of ``Q(W)``."""
+    wq, w = m.weight_quantizer, m.weight.detach().float()
+    if isinstance(wq, LearnedWeightQuantizer):
+        wg = w.reshape(wq.num_groups, -1, w.shape[-1])
+        scale = wq.scale.detach().float().clamp(min=MIN_SCALE)
+        qmin, qmax = qrange(wq.bits, True)
+        q = torch.round((wg / scale).clamp(qmin, qmax)).to(torch.int32)
+        return q.reshape(w.shape), scale.reshape(-1), None
+    q, scale, zp = wq.quantize_int(w)
+    return q, scale.reshape(-1).float(), None if wq.symmetric else zp.reshape(-1).to(torch.int32)
+
+
+@torch.no_grad()
+def input_qparams(m: QuantLinear) -> tuple[str | None, Tensor | None]:
+    """The input quantizer's kind and its frozen ``[scale, zero_point or offset]``."""
+    iq = m.input_quantizer
+    if iq is None:
+        return None, None
+    if isinstance(iq, LearnedActivationQuantizer):
+        if not bool(iq.initialized):
+            raise ValueError("a learned input quantizer was never initialised (calibrate or train first)")
+        return "learned", torch.stack([iq.scale.detach().float().clamp(min=MIN_SCALE), iq.offset.detach().float()])
+    assert isinstance(iq, ActivationQuantizer)
+    if iq.dynamic:
+        return "dynamic", None
+    if not bool(iq.initialized):
+        raise ValueError("an input quantizer has observed no range (calibrate or train first)")
+    scale, zp = compute_qparams(iq.running_min, iq.running_max, iq.bits, iq.symmetric)
+    return "ema", torch.stack([scale.reshape(()), zp.reshape(()).float()])
+
+
+def packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The tensors of the packed file and the ``modules`` metadata, from a quantized model."""
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
+    if not quantized:
+        raise ValueError("the model has no quantized module: nothing to pack (export a quantize_'d model)")
+    tensors: dict[str, Tensor] = {}
+    for key, t in model.state_dict().items():
+        owner = next((n for n in quantized if key.startswith(n + ".")), None)
+        rest = key[len(owner) + 1:] if owner else key
+        if owner and (rest == "weight" or rest.startswith(QUANTIZER_KEYS)):
+            continue  # replaced by the packed codes and qparams below
+        tensors[key] = t.detach().float() if t.is_floating_point() else t.detach()
+    modules: dict[str, Any] = {}
+    for name, m in quantized.items():
+        spec, wq = m.spec, m.weight_quantizer
+        info: dict[str, Any] = {"kind": "linear" if isinstance(m, QuantLinear) else "embedding",
+                                "shape": list(m.weight.shape), "w_bits": spec.w_bits, "a_bits": spec.a_bits,
+                                "symmetric": spec.symmetric, "input": None, "groups": 1,
+                                "weight": "learned" if isinstance(wq, LearnedWeightQuantizer) else "minmax"}
+        if isinstance(m, QuantEmbedding):
+            info["padding_idx"] = m.padding_idx
+        if spec.w_bits == FLOAT_BITS:
+            tensors[f"{name}.weight"] = m.weight.detach().float()
+        else:
+            q, scale, zp = weight_codes(m)
+            sym = zp is None
+            info.update(groups=scale.numel(), symmetric=sym)
+            tensors[f"{name}.weight.packed"] = pack(to_codes(q, spec.w_bits, sym), spec.w_bits)
+            tensors[f"{name}.weight.scale"] = scale
+            if zp is not None:
+                tensors[f"{name}.weight.zero_point"] = zp
+        if isinstance(m, QuantLinear):
+            kind, qp = input_qparams(m)
+            info["input"] = kind
+            info["input_symmetric"] = spec.symmetric
+            if qp is not None:
+                tensors[f"{name}.input.qparams"] = qp
+        modules[name] = info
+    return tensors, modules
+
+
+def export_packed(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model`` (a ``quantize_``'d transformers model) as a packed file at ``path``."""
+    tensors, modules = packed_tensors(model)
+    config = model.config.to_dict()
+    return write_packed(path, tensors, type(model).__name__, config, quantization_map(model), modules)
+
+
+def load_run_model(source: str | Path) -> nn.Module:
+    """The fake-quantized model of a run folder (or its ``model/`` folder), in eval mode."""
+    import transformers
+
+    folder = Path(source)
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    qmap_path, weights = folder / "quantization_map.json", folder / "model.safetensors"
+    for f in (folder / "config.json", weights, qmap_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"{source}: no {f.name} (export needs a quantized run's model/ folder)")
+    config = transformers.AutoConfig.from_pretrained(folder)
+    arch = (config.architectures or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is None:
+        raise ValueError(f"{folder}/config.json: unknown architecture {arch!r}")
+    model = cls(config)
+    quantize_(model, plan_from_dict(json.loads(qmap_path.read_text())))
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not fit its config/plan: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()

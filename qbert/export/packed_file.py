@@ -1,0 +1,117 @@
+"""The packed file: a safetensors file (no pickle) whose metadata says how to rebuild the model.
+
+Tensors (``{m}`` = a quantized module's name in the model):
+
+* ``{m}.weight.packed``: uint8, the weight's integer codes bit-packed (``packing.LAYOUT``);
+* ``{m}.weight.scale``: fp32 ``[G]``, one step per row group; ``{m}.weight.zero_point``: int32
+  ``[G]``, only for an asymmetric weight;
+* ``{m}.input.qparams``: fp32 ``[2]``, the input quantizer learned in QAT or calibration:
+  ``(scale, zero_point)`` of an EMA range, or ``(step, offset)`` of a learned (LSQ) one; absent
+  for a float or dynamic (per-batch) input;
+* every other state_dict entry (biases, LayerNorms, float modules, the task head) as stored.
+
+Metadata (safetensors keeps string values; ours are JSON): ``format`` (``FORMAT``), ``layout``,
+``architecture`` (the transformers class), ``config`` (the model config), ``plan`` (the
+quantization map, a valid precision plan), ``modules`` (per quantized module: kind, shape,
+widths, groups, symmetric, weight/input kind) and ``sha256`` (per tensor, of its raw bytes).
+
+``read_packed`` refuses, with ``PackedFileError`` naming the file (and tensor), a file that is
+truncated or padded, whose header is not JSON, whose format is unknown, or whose tensors do not
+match their checksums; it returns only after every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from qbert.export.packing import LAYOUT
+
+FORMAT = "qbert.packed/1"
+JSON_KEYS = ("config", "plan", "modules", "sha256")
+
+
+class PackedFileError(ValueError):
+    """A packed file that cannot be loaded as it is (names the file, and the tensor if any)."""
+
+
+def tensor_sha256(t: Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
+
+
+def write_packed(path: str | Path, tensors: dict[str, Tensor], architecture: str, config: dict,
+                 plan: dict, modules: dict) -> Path:
+    """Write ``tensors`` and the metadata (checksums added here) to ``path``."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta: dict[str, Any] = {"config": config, "plan": plan, "modules": modules,
+                            "sha256": {k: tensor_sha256(v) for k, v in tensors.items()}}
+    metadata = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    metadata.update(format=FORMAT, layout=LAYOUT, architecture=architecture)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The safetensors header, after checking the file holds exactly the bytes it declares."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackedFileError(f"{path}: no such packed file")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise PackedFileError(f"{path}: truncated ({size} bytes; not even a safetensors header length)")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise PackedFileError(f"{path}: truncated: the header declares {n} bytes, the file has {size - 8} after the length")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PackedFileError(f"{path}: corrupted header (not JSON: {err})") from None
+    if not isinstance(header, dict):
+        raise PackedFileError(f"{path}: corrupted header (not a JSON object)")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise PackedFileError(f"{path}: truncated: {size} bytes, the header describes {expected}")
+    if size > expected:
+        raise PackedFileError(f"{path}: {size - expected} unexpected bytes after the last tensor")
+    return header
+
+
+def read_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(tensors, metadata)`` of a packed file, metadata JSON decoded; every check first."""
+    path = Path(path)
+    header = read_header(path)
+    raw = header.get("__metadata__") or {}
+    if raw.get("format") != FORMAT:
+        raise PackedFileError(f"{path}: not a qbert packed file (format={raw.get('format')!r}, expected {FORMAT!r})")
+    meta: dict[str, Any] = dict(raw)
+    for key in JSON_KEYS:
+        if key not in raw:
+            raise PackedFileError(f"{path}: metadata lacks {key!r}")
+        try:
+            meta[key] = json.loads(raw[key])
+        except json.JSONDecodeError as err:
+            raise PackedFileError(f"{path}: metadata {key!r} is not JSON ({err})") from None
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise PackedFileError(f"{path}: unreadable safetensors data ({err})") from None
+    sums = meta["sha256"]
+    if set(sums) != set(tensors):
+        extra, missing = sorted(set(tensors) - set(sums)), sorted(set(sums) - set(tensors))
+        raise PackedFileError(f"{path}: tensors without a checksum {extra[:5]}, checksums without a tensor {missing[:5]}")
+    for name, t in tensors.items():
+        if tensor_sha256(t) != sums[name]:
+            raise PackedFileError(f"{path}: tensor {name!r} is corrupted (sha256 mismatch)")
+    return tensors, meta

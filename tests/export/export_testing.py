@@ -1,0 +1,39 @@
+"""Tiny quantized BERTs for the export tests (CPU, seeded, no network); a module of its own so
+test files can import it (conftest holds the fixtures)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from qbert.quant import calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantize_
+
+# in/out features multiples of 64 / 8, so the integer kernels (int8 _int_mm, int4 tinygemm) apply
+TINY = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64, num_labels=3)
+
+PLANS = {
+    "q8bert": lambda: q8bert_plan(),                                          # 8-bit, EMA inputs
+    "q8bert_dynamic": lambda: q8bert_plan(dynamic=True),                      # per-batch inputs
+    "qbert_mp_asym": lambda: layerwise_plan([3, 2], 8, 8, groups=8, symmetric=False),
+    "qbert_w4": lambda: qbert_plan(4, 8, 8, groups=16),
+    "mkq_w4a4": lambda: mkq_plan(4, 4, 8, groups=4),                          # learned (LSQ) scales
+}
+
+
+def batch(seed: int = 1, size: int = 3, seq: int = 12) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, TINY["vocab_size"], (size, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, seq // 2:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def quantized_tiny(plan: str, seed: int = 0) -> torch.nn.Module:
+    """A random tiny BERT after ``quantize_`` and a calibration pass (ranges observed)."""
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**TINY)).eval()
+    quantize_(model, PLANS[plan]())
+    with calibration(model), torch.no_grad():
+        model(**batch(seed=7, size=8))
+    return model
