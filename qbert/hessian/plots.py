@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from qbert.hessian.sensitivity import Sensitivity
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
 
-from qbert.hessian.sensitivity import Sensitivity  # noqa: E402
+def _pyplot():
+    """matplotlib on first use only: a run with hessian.plots=false never needs it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def eigenvalue_boxplot(sens: Sensitivity, path: Path, title: str = "") -> Path:
     """Figure 2: the distribution over runs of each layer's top Hessian eigenvalue, with Omega."""
+    plt = _pyplot()
     data = [[run[i] for run in sens.eigenvalues] for i in range(len(sens.layers))]
     fig, ax = plt.subplots(figsize=(1.1 * len(sens.layers) + 2.5, 4))
     ax.boxplot(data, showmeans=True)
@@ -33,6 +39,7 @@ def eigenvalue_boxplot(sens: Sensitivity, path: Path, title: str = "") -> Path:
 
 def loss_landscape(sens: Sensitivity, path: Path, title: str = "") -> Path:
     """Figure 3 as 1-D cuts: loss along each layer's top eigenvector (run 0's batches)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for layer, curve in sens.landscape.items():
         ax.plot(curve["eps"], curve["loss"], marker=".", label=f"layer {int(layer.rsplit('.', 1)[1]) + 1}")
