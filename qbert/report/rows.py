@@ -109,10 +109,7 @@ def from_results(results: dict, path: str | None = None) -> Row:
         task=results.get("task", config.get("task", {}).get("name", "?")),
         model=results.get("model", "?"),
         experiment=results.get("experiment") or config.get("experiment_name", "default"),
-        method=name, w_bits=w_label, mean_w_bits=mean_bits,
-        e_bits=int(quant.get("e_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
-        a_bits=int(quant.get("a_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
-        groups=_groups(method, quant),
+        method=name, w_bits=w_label, mean_w_bits=mean_bits, **_widths(method, quant),
         metric=results.get("primary_metric_name", "?"),
         value=results.get("primary_metric"),
         size_wo_e_mib=size.get("mib"),
@@ -128,11 +125,13 @@ def from_results(results: dict, path: str | None = None) -> Row:
     )
 
 
-def _groups(method: str, quant: dict) -> Optional[int]:
-    """Row groups per matrix as quantized: DirectQ always one range per matrix."""
-    if method == "none" or "groups" not in quant:
-        return None
-    return 1 if method == "directq" else int(quant["groups"])
+def _widths(method: str, quant: dict) -> dict[str, Any]:
+    """e-bits, a-bits and row groups per matrix as quantized (DirectQ: one range per matrix)."""
+    if method == "none":
+        return {"e_bits": FLOAT_BITS, "a_bits": FLOAT_BITS, "groups": None}
+    groups = None if "groups" not in quant else 1 if method == "directq" else int(quant["groups"])
+    return {"e_bits": int(quant.get("e_bits", FLOAT_BITS)), "a_bits": int(quant.get("a_bits", FLOAT_BITS)),
+            "groups": groups}
 
 
 def _omega(table: Optional[list]) -> Optional[list[float]]:
@@ -157,10 +156,7 @@ def from_error(failure: dict, path: str | None = None) -> Row:
         task=task, model=failure.get("model", "?"), experiment=failure.get("experiment", "default"),
         method=name, w_bits=w_label,
         mean_w_bits=float(quant.get("w_bits", FLOAT_BITS)) if quantized else float(FLOAT_BITS),
-        e_bits=int(quant.get("e_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
-        a_bits=int(quant.get("a_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
-        groups=_groups(method, quant),
-        metric=metric, value=None, size_wo_e_mib=None, seed=int(failure.get("seed", 0)),
+        **_widths(method, quant), metric=metric, value=None, size_wo_e_mib=None, seed=int(failure.get("seed", 0)),
         config_hash=failure.get("config_hash", "?"), variant=variant_hash(config), status="failed",
         error=f"{failure.get('error_type', 'Error')}: {failure.get('message', '')}",
         path=path, family=family(method),
