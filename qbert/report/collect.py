@@ -8,21 +8,20 @@ quantized jobs were fine-tuned from (``weights.init_from`` in their results).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from qbert.report.record import read_json
 from qbert.report.rows import Row, from_error, from_results
 
 log = logging.getLogger(__name__)
 
 
 def _load(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        log.warning("skipping unreadable %s: %s", path, error)
-        return None
+    content = read_json(path)
+    if content is None:
+        log.warning("skipping unreadable %s", path)
+    return content
 
 
 def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:

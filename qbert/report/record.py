@@ -8,26 +8,39 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
 PACKAGES = ("qbert", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
             "datasets", "torchmetrics", "seqeval", "wandb")
-# Keys that change where or how loudly a run happens, not what it computes.
+# Keys that change where or how loudly a run happens, not what it computes: top-level keys, and
+# keys inside a section.
 NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
-NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "log_every_n_steps", "save_checkpoints")
+NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "log_every_n_steps", "save_checkpoints"),
+                             "hessian": ("cache_dir",)}
 
 
-def config_hash(config: dict) -> str:
-    """A short hash of what determines the result (output paths and logging excluded)."""
-    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
-    if isinstance(semantic.get("trainer"), dict):
-        semantic["trainer"] = {k: v for k, v in semantic["trainer"].items()
-                               if k not in NON_SEMANTIC_TRAINER_KEYS}
-    if isinstance(semantic.get("hessian"), dict):  # where the analysis is cached, not what it is
-        semantic["hessian"] = {k: v for k, v in semantic["hessian"].items() if k != "cache_dir"}
+def config_hash(config: dict, ignore: tuple[str, ...] = (),
+                ignore_in_sections: Mapping[str, tuple[str, ...]] | None = None) -> str:
+    """A short hash of what determines the result (output paths and logging excluded); ``ignore``
+    and ``ignore_in_sections`` leave out more keys (e.g. the seed, to identify a row across seeds)."""
+    top = set(NON_SEMANTIC_KEYS) | set(ignore)
+    semantic = {k: v for k, v in config.items() if k not in top}
+    for section in set(NON_SEMANTIC_SECTION_KEYS) | set(ignore_in_sections or {}):
+        if isinstance(semantic.get(section), dict):
+            dropped = (*NON_SEMANTIC_SECTION_KEYS.get(section, ()), *(ignore_in_sections or {}).get(section, ()))
+            semantic[section] = {k: v for k, v in semantic[section].items() if k not in dropped}
     blob = json.dumps(semantic, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing, half-written or broken."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def git_state(cwd: Path | None = None) -> dict:

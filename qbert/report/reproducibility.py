@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from qbert.report.record import read_json
 from qbert.report.rows import Row
 from qbert.report.tables import Table, markdown
 
@@ -66,9 +67,8 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
             starts, ends, jobs = [], [], 0
             for job in path.parent.glob("*/job.json"):
                 jobs += 1
-                try:
-                    info = json.loads(job.read_text())
-                except (OSError, json.JSONDecodeError):
+                info = read_json(job)
+                if info is None:
                     continue
                 if info.get("started"):
                     starts.append(info["started"])
@@ -77,11 +77,8 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
             wall = max(ends) - min(starts) if starts and ends else None
             job_wall = 0.0
             for results_path in path.parent.glob("*/results.json"):
-                try:
-                    results = json.loads(results_path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if not results.get("reused_from"):
+                results = read_json(results_path)
+                if results and not results.get("reused_from"):
                     job_wall += float((results.get("timing_seconds") or {}).get("wall") or 0.0)
             sweeps.append(Sweep(str(path.parent), command_line(task_overrides, multirun=True), dict(params),
                                 jobs or len(list(path.parent.glob("*/.hydra"))), wall, job_wall))
@@ -158,7 +155,7 @@ def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps
     for env in environments(infos):
         dirty = {True: " (uncommitted changes)", False: " (clean)", None: " (unknown)"}[env["git_dirty"]]
         out += [f"- {env['jobs']} job(s): git `{env['git_sha']}`{dirty}; device `{json.dumps(env['device'])}`",
-                f"  - versions: " + ", ".join(f"{k} {v}" for k, v in (env["versions"] or {}).items())]
+                "  - versions: " + ", ".join(f"{k} {v}" for k, v in (env["versions"] or {}).items())]
     out += ["", "## Data provenance and protocol", ""]
     for d in data_provenance(infos):
         note = f" **Protocol:** {d['protocol_note']}" if d.get("protocol_note") else ""

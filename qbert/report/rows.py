@@ -7,14 +7,15 @@ with the seed and the seed-dependent start point left out), so seeds can be aver
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from qbert.report.record import config_hash
+
 FLOAT_BITS = 32
 # Keys that differ between seeds of one table row: the seed itself and what is derived from it.
-SEED_KEYS = ("seed", "init_from", "output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
+SEED_KEYS = ("seed", "init_from")
+SEED_SECTION_KEYS = {"distill": ("teacher",), "hessian": ("seed",)}
 
 
 @dataclass
@@ -48,13 +49,8 @@ class Row:
 
 
 def variant_hash(config: dict) -> str:
-    semantic = {k: v for k, v in config.items() if k not in SEED_KEYS}
-    if isinstance(semantic.get("distill"), dict):
-        semantic["distill"] = {k: v for k, v in semantic["distill"].items() if k != "teacher"}
-    if isinstance(semantic.get("hessian"), dict):
-        semantic["hessian"] = {k: v for k, v in semantic["hessian"].items() if k != "seed"}
-    blob = json.dumps(semantic, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    """The config hash without the seed and what derives from it: one row across seeds."""
+    return config_hash(config, SEED_KEYS, SEED_SECTION_KEYS)
 
 
 def method_name(method: str, quant: dict, config: dict) -> tuple[str, str]:

@@ -5,15 +5,12 @@ into a warning, so the callback exits itself)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-
-log = logging.getLogger(__name__)
 
 
 class SweepReport(Callback):

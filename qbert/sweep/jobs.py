@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from qbert.report.record import config_hash, write_results
+from qbert.report.record import config_hash, read_json, write_results
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,6 @@ def job_hash(cfg: DictConfig) -> str:
     return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # a file being written or left broken by a killed job counts as absent
-
-
 def find_finished(root: Path, chash: str, exclude: Path | None = None) -> Path | None:
     """The folder of a finished job with this config hash under ``root`` (first by name)."""
     if not root.is_dir():
@@ -45,7 +38,7 @@ def find_finished(root: Path, chash: str, exclude: Path | None = None) -> Path |
     for path in sorted(root.glob(f"**/{RESULTS_FILE}")):
         if exclude is not None and path.parent == exclude:
             continue
-        results = _read_json(path)
+        results = read_json(path)
         if results and results.get("config_hash") == chash and results.get("primary_metric_name"):
             return path.parent
     return None
@@ -57,7 +50,7 @@ def find_resumable(root: Path, chash: str) -> Path | None:
         return None
     found = []
     for path in root.glob(f"**/{JOB_FILE}"):
-        job = _read_json(path)
+        job = read_json(path)
         ckpt = path.parent / LAST_CHECKPOINT
         if (job and job.get("config_hash") == chash and ckpt.is_file()
                 and not (path.parent / RESULTS_FILE).is_file()):
@@ -67,7 +60,7 @@ def find_resumable(root: Path, chash: str) -> Path | None:
 
 def _write_job(run_dir: Path, **fields) -> None:
     path = run_dir / JOB_FILE
-    job = _read_json(path) or {}
+    job = read_json(path) or {}
     job.update(fields)
     write_results(path, job)
 
@@ -127,11 +120,10 @@ def run_job(cfg: DictConfig, multirun: bool) -> dict | None:
     try:
         results = run(cfg, resume_from=str(resume_from) if resume_from else None)
     except Exception as error:  # noqa: BLE001 - one failed job must not end the sweep
+        _write_job(run_dir, status="failed", ended=time.time())
         if not sweep.isolate_failures:
-            _write_job(run_dir, status="failed", ended=time.time())
             raise
         failure = record_failure(run_dir, cfg, chash, error)
-        _write_job(run_dir, status="failed", ended=time.time())
         log.exception("job failed; recorded in %s", run_dir / ERROR_FILE)
         print(f"[qbert] FAILED: {failure['task']} / {failure['method']} seed {failure['seed']}: "
               f"{failure['error_type']}: {failure['message']}  (details: {run_dir / ERROR_FILE})")
