@@ -28,6 +28,30 @@ ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "f
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
 LOGGERS = ("none", "csv", "wandb")
 EVAL_CHECKPOINTS = ("last", "best")
+VALIDATE_MODES = ("auto", "always", "never")
+
+
+def added_field(default: Any, neutral: Any) -> Any:
+    """A field added after results already existed. ``neutral`` is the value that reproduces
+    those results; the config hash leaves the field out while it holds that value, so adding a
+    field never invalidates earlier work, while any other value (a new default included) is hashed."""
+    return field(default=default, metadata={"hash_neutral": neutral})
+
+
+def hash_neutral_values(schema: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> neutral value of every ``added_field`` in the schema tree."""
+    import dataclasses
+    import typing
+
+    schema = schema or RunConfig
+    types = typing.get_type_hints(schema)
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if "hash_neutral" in f.metadata:
+            found[prefix + f.name] = f.metadata["hash_neutral"]
+        if dataclasses.is_dataclass(types[f.name]):
+            found.update(hash_neutral_values(types[f.name], f"{prefix}{f.name}."))
+    return found
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -80,6 +104,12 @@ class DataConfig:
     max_train_samples: Optional[int] = None  # cut each split after loading (None = all)
     max_eval_samples: Optional[int] = None
     num_workers: int = 0
+    # Training batches of similar length in shuffled order (qbert.data.sampling): far less padding
+    # than uniformly random batches. false: uniformly shuffled batches.
+    group_by_length: bool = added_field(True, neutral=False)
+    # Tokenized features are cached here, keyed by task settings, tokenizer and data file (null:
+    # tokenize every time). Where, not what: not part of the config hash.
+    cache_dir: Optional[str] = "outputs/cache/features"
 
     def __post_init__(self) -> None:
         _one_of(self.source, DATA_SOURCES, "data.source")
@@ -278,6 +308,9 @@ class OptimConfig:
     eval_batch_size: int = 128
     epochs: int = 3
     grad_clip: float = 1.0
+    # AdamW as one fused kernel over all parameters (CPU and CUDA): the same update, computed
+    # in one pass instead of a Python loop over ~100 tensors.
+    fused: bool = added_field(True, neutral=False)
 
     def __post_init__(self) -> None:
         _check(0 < self.lr < 1, "optim.lr", f"must be in (0, 1), got {self.lr}")
@@ -307,12 +340,32 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     eval_checkpoint: str = "last"  # which weights are tested: last (no selection on test) or best
     save_checkpoints: bool = True
+    # Validation passes during training: auto = only when something uses them (best-checkpoint
+    # selection, a logger drawing the curve, or val_check_interval / limit_val_batches set);
+    # always; never. They never change the trained weights, only what is logged.
+    validate: str = "auto"
 
     def __post_init__(self) -> None:
         _one_of(self.accelerator, ("cpu", "gpu", "cuda", "auto"), "trainer.accelerator")
         _one_of(self.precision, ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"), "trainer.precision")
         _one_of(self.eval_checkpoint, EVAL_CHECKPOINTS, "trainer.eval_checkpoint")
+        _one_of(self.validate, VALIDATE_MODES, "trainer.validate")
         _check(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps", "must be -1 or positive")
+        if self.eval_checkpoint == "best":
+            _check(self.save_checkpoints, "trainer.eval_checkpoint",
+                   "best tests the best validation checkpoint, which needs trainer.save_checkpoints=true")
+            _check(self.validate != "never", "trainer.eval_checkpoint",
+                   "best needs validation passes to choose a checkpoint, but trainer.validate=never")
+        if self.validate == "never":
+            for key in ("val_check_interval", "limit_val_batches"):
+                _check(getattr(self, key) is None, f"trainer.{key}", "set, but trainer.validate=never")
+
+    def validates(self, logger: str) -> bool:
+        """Whether fit runs validation passes (see ``validate``)."""
+        if self.validate != "auto":
+            return self.validate == "always"
+        return (self.eval_checkpoint == "best" or logger != "none"
+                or self.val_check_interval is not None or self.limit_val_batches is not None)
 
 
 @dataclass
@@ -372,6 +425,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(not (self.optim.fused and self.optim.grad_clip and self.trainer.precision == "16-mixed"),
+               "optim.fused", "a fused AdamW unscales fp16 gradients inside its kernel, after clipping would "
+               "have seen them scaled: with trainer.precision=16-mixed set optim.fused=false (or bf16-mixed)")
         if self.quant.method != "none":  # the QAT stage's recipe
             self.optim.epochs = self.quant.epochs or self.optim.epochs
             self.optim.lr = self.quant.lr or self.optim.lr
@@ -387,6 +443,15 @@ class RunConfig:
             _check(self.quant.method != "none", "distill.enabled",
                    "distillation trains a quantized student from its full-precision start: set a quant method")
             _check(not self.eval_only, "distill.enabled", "eval_only=true trains nothing to distil into")
+
+
+def _cpu_precision() -> str:
+    from qbert.precision import cpu_precision  # imports torch: only when a config is resolved
+    return cpu_precision()
+
+
+# conf/trainer/cpu.yaml: `precision: ${qbert_cpu_precision:}` (bf16-mixed where the CPU has native bf16)
+OmegaConf.register_new_resolver("qbert_cpu_precision", _cpu_precision, replace=True)
 
 
 def register_configs() -> None:

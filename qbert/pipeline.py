@@ -17,6 +17,7 @@ from qbert.config import DistillConfig, HessianConfig, QuantConfig, RunConfig, v
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
 from qbert.hessian.mixed_precision import hessian_allocation
+from qbert.precision import describe as describe_precision
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
 from qbert.quant import (calibration, learned_quantizers, needs_calibration, quantization_map, quantize_,
                          size_from_model)
@@ -43,6 +44,7 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
     if run_cfg.trainer.accelerator != "cpu":
         torch.set_float32_matmul_precision("high")  # TF32 for what bf16 autocast leaves in fp32
+    log.info(describe_precision(run_cfg.trainer.precision, run_cfg.trainer.accelerator))
     started = time.perf_counter()
 
     # data

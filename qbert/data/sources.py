@@ -66,11 +66,23 @@ def load_split(task: TaskConfig, data: DataConfig, split: str) -> list:
         from qbert.data.hub import load_hub_split
         examples = load_hub_split(task.name, split)
     else:
-        root = SAMPLE_ROOT if data.source == "sample" else Path(data.root).expanduser()
-        examples = READERS[task.name](local_file(root, task.name, split))
-    is_train = split == splits_of(task, data).train
-    limit = data.max_train_samples if is_train else data.max_eval_samples
+        examples = READERS[task.name](split_file(task, data, split))
+    limit = split_limit(task, data, split)
     return examples[:limit] if limit else examples
+
+
+def split_file(task: TaskConfig, data: DataConfig, split: str) -> Path | None:
+    """The local file a split is read from (None for the hub)."""
+    if data.source == "hub":
+        return None
+    root = SAMPLE_ROOT if data.source == "sample" else Path(data.root).expanduser()
+    return local_file(root, task.name, split)
+
+
+def split_limit(task: TaskConfig, data: DataConfig, split: str) -> int | None:
+    """How many examples of the split are kept (the first N, file order); None = all."""
+    is_train = split == splits_of(task, data).train
+    return data.max_train_samples if is_train else data.max_eval_samples
 
 
 def data_provenance(task: TaskConfig, data: DataConfig) -> dict:

@@ -10,7 +10,8 @@ Conventions (shared by every quantizer in qbert):
 * **Asymmetric**: unsigned grid ``[0, 2^b-1]``, integer ``zero_point``. The range is widened to
   contain 0 so that 0 (padding rows, zeros after GELU) is exact.
 * Rounding is ``torch.round`` (half to even), the same in ``quantize`` and ``fake_quantize``,
-  so ``fake_quantize(x) == dequantize(quantize(x))`` bit for bit.
+  so ``fake_quantize(x) == dequantize(quantize(x))`` bit for bit. The arithmetic is float32
+  whatever the input's dtype, also under bf16 autocast.
 * Zero-width ranges (an all-zero group) would give ``scale = 0``; scales are floored at
   ``MIN_SCALE`` and NaN bounds read as 0, so a scale is never 0 or NaN.
 
@@ -103,42 +104,43 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
 
 
 class _FakeQuantSTE(torch.autograd.Function):
-    """Forward: dequantize(quantize(x)). Backward: pass the gradient where x was not clipped."""
+    """Forward: dequantize(quantize(x)). Backward: pass the gradient where x was not clipped.
+
+    Written as a few in-place passes over ``x`` (multiply, round, clamp, compare, scale): on the
+    CPU this is ~3x faster than PyTorch's fused ``fake_quantize_per_*_affine`` kernels for the
+    shapes of a BERT layer, with the same arithmetic (reciprocal scale, round half to even)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> Tensor:
-        q = _grid(x, scale, zero_point)
-        inside = (q >= qmin) & (q <= qmax)
-        ctx.save_for_backward(inside)
-        out = (q.clamp(qmin, qmax) - zero_point.to(scale.dtype)) * scale
-        return out.to(x.dtype)
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, shifted: bool) -> Tensor:
+        grid = torch.round(x * (1.0 / scale))
+        if shifted:  # asymmetric: a zero point (symmetric grids have none)
+            grid.add_(zero_point.to(scale.dtype))
+        out = grid.clamp(qmin, qmax)
+        ctx.save_for_backward(out == grid)  # inside the representable range
+        if shifted:
+            out.sub_(zero_point.to(scale.dtype))
+        return out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside.to(grad.dtype), None, None, None, None
+        return torch.where(inside, grad, 0.0), None, None, None, None, None
 
 
 def fake_quantize(
     x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool
 ) -> Tensor:
-    """Quantize-dequantize in float with an STE backward; ``bits=32`` is the identity."""
+    """Quantize-dequantize in float32 with an STE backward; ``bits=32`` is the identity.
+
+    The grid arithmetic is float32 whatever the input's dtype. Under autocast the result stays
+    float32 (the exact grid values; the next matmul casts as autocast decides); otherwise it
+    comes back in the input's dtype."""
     if check_bits(bits) == FLOAT_BITS:
         return x
     qmin, qmax = qrange(bits, symmetric)
     scale, zero_point = scale.detach().float(), zero_point.detach().to(torch.int32)
-    # PyTorch's fused kernels (one pass forward, a cached mask backward: the same STE) cover a
-    # per-tensor range and one range per leading index, which is every weight group and every
-    # activation here; anything else broadcasts through the generic autograd function.
-    if scale.numel() == 1:
-        out = torch.fake_quantize_per_tensor_affine(x.float(), scale.reshape(()), zero_point.reshape(()),
-                                                    qmin, qmax)
-    elif x.ndim >= 1 and scale.shape == (x.shape[0],) + (1,) * (x.ndim - 1) and scale.shape == zero_point.shape:
-        out = torch.fake_quantize_per_channel_affine(x.float(), scale.reshape(-1), zero_point.reshape(-1),
-                                                     0, qmin, qmax)
-    else:
-        out = _FakeQuantSTE.apply(x.float(), scale, zero_point, qmin, qmax)
-    return out.to(x.dtype)
+    out = _FakeQuantSTE.apply(x.float(), scale, zero_point, qmin, qmax, not symmetric)
+    return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
 
 
 def _reduce_dims(ndim: int, dim: int | Sequence[int] | None) -> list[int]:
@@ -168,8 +170,8 @@ def range_from_tensor(
             return torch.aminmax(x)
         kept = [d for d in range(x.ndim) if d not in dims]
         flat = x.permute(*kept, *dims).reshape(*[x.shape[d] for d in kept], -1)
-        lo, hi = torch.aminmax(flat, dim=-1)
-        return lo.reshape(keep_shape), hi.reshape(keep_shape)
+        # amin + amax: two passes, yet ~4x faster than aminmax along a dimension on the CPU
+        return flat.amin(-1).reshape(keep_shape), flat.amax(-1).reshape(keep_shape)
     if method != "percentile":
         raise ValueError(f"range method={method!r} is not supported: use one of {RANGE_METHODS}")
     if not 0.0 < percentile <= 100.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -12,27 +13,48 @@ from typing import Mapping
 
 import torch
 
+from qbert.config import hash_neutral_values
+
 PACKAGES = ("qbert", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
             "datasets", "torchmetrics", "seqeval", "wandb")
 # Keys that change where or how loudly a run happens, not what it computes: top-level keys, and
 # keys inside a section.
 NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
-NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "log_every_n_steps", "save_checkpoints"),
-                             "hessian": ("cache_dir",)}
+NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "log_every_n_steps", "save_checkpoints", "validate"),
+                             "hessian": ("cache_dir",), "data": ("cache_dir",)}
 
 
 def config_hash(config: dict, ignore: tuple[str, ...] = (),
                 ignore_in_sections: Mapping[str, tuple[str, ...]] | None = None) -> str:
     """A short hash of what determines the result (output paths and logging excluded); ``ignore``
-    and ``ignore_in_sections`` leave out more keys (e.g. the seed, to identify a row across seeds)."""
+    and ``ignore_in_sections`` leave out more keys (e.g. the seed, to identify a row across seeds).
+
+    A field added to the schema after results existed is left out while it holds its neutral
+    value (``qbert.config.added_field``): the hash of earlier work does not change when the
+    schema grows, and changes as soon as the field does."""
     top = set(NON_SEMANTIC_KEYS) | set(ignore)
     semantic = {k: v for k, v in config.items() if k not in top}
     for section in set(NON_SEMANTIC_SECTION_KEYS) | set(ignore_in_sections or {}):
         if isinstance(semantic.get(section), dict):
             dropped = (*NON_SEMANTIC_SECTION_KEYS.get(section, ()), *(ignore_in_sections or {}).get(section, ()))
             semantic[section] = {k: v for k, v in semantic[section].items() if k not in dropped}
+    for key, neutral in _neutral_values():
+        section, _, name = key.rpartition(".")
+        holder = semantic.get(section) if section else semantic
+        if isinstance(holder, dict) and name in holder and holder[name] == neutral:
+            holder = dict(holder)
+            del holder[name]
+            if section:
+                semantic[section] = holder
+            else:
+                semantic = holder
     blob = json.dumps(semantic, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@functools.cache
+def _neutral_values() -> tuple[tuple[str, object], ...]:
+    return tuple(hash_neutral_values().items())
 
 
 def read_json(path: Path) -> dict | None:

@@ -144,9 +144,17 @@ class TaskModule(L.LightningModule):
         checkpoint["quantization_map"] = quantization_map(self.model)
 
     # --- optimisation -------------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by global norm over the optimiser's parameters, as Lightning does, but also for a
+        fused AdamW under bf16 autocast (Lightning refuses any fused optimiser with AMP because of
+        fp16 loss scaling; bf16 has none, and config validation refuses fused + fp16)."""
+        if gradient_clip_val:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self):
         groups = param_groups(self.model, self.optim.weight_decay, self.optim.lr, self.scale_lr)
-        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, fused=self.optim.fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.optim.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -50,16 +50,19 @@ def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict) ->
 
 def build_trainer(run: RunConfig, run_dir: Path, loggers: list[Logger]) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run.trainer
+    validates = t.validates(run.logger.name)
     checkpoint = None
     callbacks = []
     if t.save_checkpoints:
-        checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}",
-                                     mode="max", save_top_k=1, save_last=True, filename="best")
+        # best.ckpt only when something selects it; last.ckpt always (an interrupted job resumes from it)
+        best = t.eval_checkpoint == "best"
+        checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}" if best else None,
+                                     mode="max", save_top_k=1 if best else 0, save_last=True, filename="best")
         callbacks.append(checkpoint)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         deterministic=t.deterministic, max_epochs=run.optim.epochs, max_steps=t.max_steps,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches if validates else 0,
         limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         gradient_clip_val=run.optim.grad_clip or None, logger=loggers or False,
