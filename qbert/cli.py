@@ -8,7 +8,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qbert.config import CONF_DIR, register_configs
+from qbert.quiet import quiet
 
+quiet()  # before torch, transformers and Lightning print their import-time notes
 register_configs()
 
 

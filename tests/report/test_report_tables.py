@@ -149,3 +149,20 @@ def test_paper_numbers_are_checked(tmp_path):
 def test_pareto_front():
     points = [(10.0, 80.0), (5.0, 79.0), (5.0, 70.0), (2.5, 50.0), (3.0, 40.0), (20.0, 79.5)]
     assert pareto_front(points) == [(2.5, 50.0), (5.0, 79.0), (10.0, 80.0)]
+
+
+def test_rows_come_in_the_papers_order(tmp_path):
+    """Baseline, 8, 4, 3, MP 2/4, 2, MP 2/3 — DirectQ before Q-BERT at each width."""
+    start = str(write_job(tmp_path / "start", "none", 90.0, 1, w_bits=32))
+    rows = [("qbert_mp", 2, {"high_bits": 3}, [3, 3, 3, 2, 2, 2]), ("qbert", 2, {}, None), ("directq", 2, {}, None),
+            ("qbert_mp", 2, {"high_bits": 4}, [4, 4, 4, 2, 2, 2]), ("qbert", 3, {}, None), ("directq", 3, {}, None),
+            ("qbert", 4, {}, None), ("directq", 4, {}, None), ("qbert", 8, {}, None), ("directq", 8, {}, None)]
+    for i, (method, w, extra, bits) in enumerate(rows):
+        mp = {"bits": bits, "mean_bits": sum(bits) / 6, "size_wo_e_mib": 3.0, "allocation": "rule"} if bits else None
+        write_job(tmp_path / "sweep" / f"j{i}", method, 80.0 - i, 1, w_bits=w, init_from=start, extra_quant=extra,
+                  mixed_precision=mp, groups=1 if method == "directq" else 128, chash=f"job{i}")
+    (table,) = build_tables(collect_rows([tmp_path / "sweep"]))
+    assert [(r.method, r.w_bits) for r in table.rows] == [
+        ("Baseline", "32"), ("DirectQ", "8"), ("Q-BERT", "8"), ("DirectQ", "4"), ("Q-BERT", "4"),
+        ("DirectQ", "3"), ("Q-BERT", "3"), ("Q-BERT MP", "2/4 MP"), ("DirectQ", "2"), ("Q-BERT", "2"),
+        ("Q-BERT MP", "2/3 MP")]
