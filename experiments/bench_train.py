@@ -1,16 +1,18 @@
 """Training speed on real data: the old loop, each change alone, all together, and HF's Trainer.
 
 Every variant is the real training loop (qbert's LightningModule and Trainer, or Hugging Face's
-``Trainer`` for the reference) on the real SST-2 training set with MiniLM-L6 + classifier, batch
-32; a callback times each optimiser step (forward, backward, clipping, AdamW, logging) and counts
-the real (unpadded) and padded tokens of its batch. The first steps of each variant are warm-up;
-steps/s and tokens/s are totals over the measured steps (batch lengths vary, so a median step
-would misstate a length-grouped order). All variants run in one process, one after another.
+``Trainer`` for the reference) training MiniLM-L6 + classifier, batch 32, for one epoch over the
+same real SST-2 sentences (the first --sentences of the training file), so every variant sees the
+same tokens and only the batching differs. A callback times each optimiser step (forward,
+backward, clipping, AdamW, logging) and counts the real (unpadded) and padded tokens of its
+batch. The first --warmup steps are left out; steps/s and tokens/s are totals over the rest
+(batch lengths vary, so a median step would misstate a length-grouped order). All variants run in
+one process, one after another.
 
 Changes measured (one at a time on top of the old loop, then all together):
   group  - length-grouped batches (data.group_by_length)
   bf16   - bf16 autocast (trainer.precision=bf16-mixed); on a CPU without native bf16 it is
-           emulated and far slower, so it runs only --slow-steps steps there
+           emulated and far slower, so it runs on --slow-sentences sentences there
   fused  - one fused AdamW kernel (optim.fused)
   kernels- qbert's fake-quantization kernels (QAT only); "old" = PyTorch's fused
            fake_quantize_per_*_affine kernels and aminmax ranges, as qbert used before
@@ -138,11 +140,12 @@ class _LightningTimer(L.Callback):
         self.timer.stop()
 
 
-def qbert_loop(data_root: str, quant: list[str], change: dict, steps: int, warmup: int, seed: int) -> dict:
+def qbert_loop(data_root: str, quant: list[str], change: dict, sentences: int, warmup: int, seed: int) -> dict:
     overrides = ["task=sst2", "data.source=local", f"data.root={data_root}", f"seed={seed}",
+                 f"data.max_train_samples={sentences}", "optim.epochs=1", "quant.epochs=1",
                  f"data.group_by_length={change['group']}", f"optim.fused={change['fused']}",
                  f"trainer.precision={'bf16-mixed' if change['bf16'] else '32-true'}",
-                 f"trainer.max_steps={steps + warmup}", "trainer.validate=never", "trainer.save_checkpoints=false",
+                 "trainer.validate=never", "trainer.save_checkpoints=false",
                  "trainer.enable_progress_bar=false", "logger=none", *quant]
     with tempfile.TemporaryDirectory() as out:
         run = validate(compose_config(overrides, output_dir=out))
@@ -164,11 +167,12 @@ def qbert_loop(data_root: str, quant: list[str], change: dict, steps: int, warmu
     return timer.summary(warmup)
 
 
-def hf_trainer(data_root: str, steps: int, warmup: int, seed: int, bf16: bool) -> dict:
+def hf_trainer(data_root: str, sentences: int, warmup: int, seed: int, bf16: bool) -> dict:
     """Hugging Face's Trainer on the same model, data and batch size: what a user would pick."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    run = validate(compose_config(["task=sst2", "data.source=local", f"data.root={data_root}"]))
+    run = validate(compose_config(["task=sst2", "data.source=local", f"data.root={data_root}",
+                                   f"data.max_train_samples={sentences}"]))
     tokenizer = build_tokenizer(run.model)
     datamodule = TaskDataModule(run.task, run.data, run.optim, tokenizer, seed)
     datamodule.setup("fit")
@@ -192,7 +196,7 @@ def hf_trainer(data_root: str, steps: int, warmup: int, seed: int, bf16: bool) -
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=run.optim.batch_size,
-                                 learning_rate=run.optim.lr, max_steps=steps + warmup, train_sampling_strategy="group_by_length",
+                                 learning_rate=run.optim.lr, num_train_epochs=1, train_sampling_strategy="group_by_length",
                                  bf16=bf16, use_cpu=True, save_strategy="no", logging_strategy="no",
                                  report_to=[], seed=seed, dataloader_num_workers=0, disable_tqdm=True)
         Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
@@ -205,10 +209,10 @@ def hf_trainer(data_root: str, steps: int, warmup: int, seed: int, bf16: bool) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder in the layout of ../shared/data")
-    parser.add_argument("--steps", type=int, default=40, help="measured steps per variant")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--slow-steps", type=int, default=3,
-                        help="measured steps of bf16 variants on a CPU that emulates bf16")
+    parser.add_argument("--sentences", type=int, default=3200, help="training sentences: one epoch of each variant")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps of each variant left out")
+    parser.add_argument("--slow-sentences", type=int, default=160,
+                        help="sentences for bf16 variants on a CPU that emulates bf16 (a step takes ~20 s there)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_train_cpu.json"))
     args = parser.parse_args()
@@ -218,8 +222,8 @@ def main() -> None:
     native = bool(native_bf16_features())
     defaults = {"group": True, "bf16": cpu_precision() == "bf16-mixed", "fused": True, "kernels": "new"}
 
-    def steps_for(change):  # (measured, warm-up) steps
-        return (args.steps, args.warmup) if native or not change["bf16"] else (args.slow_steps, 1)
+    def steps_for(change):  # (sentences, warm-up steps)
+        return (args.sentences, args.warmup) if native or not change["bf16"] else (args.slow_sentences, 1)
 
     variants = [("fp", "old loop", [], OLD)]
     variants += [("fp", f"+{c}", [], {**OLD, c: True}) for c in ("group", "bf16", "fused")]
@@ -247,21 +251,24 @@ def main() -> None:
         results["hf_trainer"][label] = r
         print(f" {r['steps_per_s']:.2f} steps/s, {r['real_tokens_per_s']:.0f} real tokens/s", flush=True)
 
+    # Ratios of real (unpadded) tokens per second: every variant trains on the same sentences, so
+    # this is the ratio of epoch times, without the warm-up steps (which differ between orders).
+    speed = "real_tokens_per_s"
     fp_old, fp_new = results["fp"]["old loop"], results["fp"]["new defaults"]
-    hf_best = max(results["hf_trainer"].values(), key=lambda r: r["steps_per_s"])
-    ratios = {"fp_new_over_old": fp_new["steps_per_s"] / fp_old["steps_per_s"],
-              "fp_new_over_hf_best": fp_new["steps_per_s"] / hf_best["steps_per_s"]}
+    hf_best = max(results["hf_trainer"].values(), key=lambda r: r[speed])
+    ratios = {"measure": speed, "fp_new_over_old": fp_new[speed] / fp_old[speed],
+              "fp_new_over_hf_best": fp_new[speed] / hf_best[speed]}
     for name in QAT:
         qat = results[name]["new defaults"]
-        ratios[f"{name}_step_over_fp_step"] = fp_new["steps_per_s"] / qat["steps_per_s"]
-        ratios[f"{name}_new_over_old"] = qat["steps_per_s"] / results[name]["old loop"]["steps_per_s"]
-        ratios[f"{name}_new_over_hf_best"] = qat["steps_per_s"] / hf_best["steps_per_s"]
+        ratios[f"{name}_step_over_fp_step"] = fp_new[speed] / qat[speed]
+        ratios[f"{name}_new_over_old"] = qat[speed] / results[name]["old loop"][speed]
+        ratios[f"{name}_new_over_hf_best"] = qat[speed] / hf_best[speed]
     for kind in ("fp", *QAT):
-        base = results[kind]["old loop"]["steps_per_s"]
-        ratios[f"{kind}_each_change_over_old"] = {label: r["steps_per_s"] / base for label, r in results[kind].items()}
+        base = results[kind]["old loop"][speed]
+        ratios[f"{kind}_each_change_over_old"] = {label: r[speed] / base for label, r in results[kind].items()}
     out = {
-        "what": "training steps on the real SST-2 training set, MiniLM-L6 + classifier, batch 32, "
-                "timed by a callback around each optimiser step; totals over the measured steps",
+        "what": "one training epoch over the same real SST-2 sentences per variant, MiniLM-L6 + classifier, "
+                "batch 32, timed by a callback around each optimiser step; totals over the measured steps",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "native_bf16": list(native_bf16_features()),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__},

@@ -4,6 +4,7 @@ evaluate -> record. Everything a run produces lands in its output folder."""
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import time
@@ -44,7 +45,7 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
     L.seed_everything(run_cfg.seed, workers=True, verbose=False)
     if run_cfg.trainer.accelerator != "cpu":
         torch.set_float32_matmul_precision("high")  # TF32 for what bf16 autocast leaves in fp32
-    log.info(describe_precision(run_cfg.trainer.precision, run_cfg.trainer.accelerator))
+    _log_once(describe_precision(run_cfg.trainer.precision, run_cfg.trainer.accelerator))
     started = time.perf_counter()
 
     # data
@@ -58,6 +59,9 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
         init_from = finetuned_start(cfg)
     if init_from:
         load_finetuned_(model, init_from)
+        # Training the start in this process moved the global RNG: reseed, so the stage below
+        # draws the same dropout masks whether its start was trained now or found on disk.
+        L.seed_everything(run_cfg.seed, workers=True, verbose=False)
 
     # precision plan (mixed precision: per-layer widths from the Hessian analysis) -> quantize
     # (fake quantization; QAT fine-tunes it below)
@@ -126,6 +130,14 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
                 wandb.finish()  # one W&B run per job, also when a job fails
 
 
+FP_START_IGNORED = ("quant", "hessian", "distill", "eval_only", "init_from")
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    log.info(message)
+
+
 def finetuned_start(cfg: DictConfig) -> str:
     """The full-precision fine-tuned run a quantized run starts from: reused when its folder
     already holds results, else produced now by the same pipeline with quant=none."""
@@ -135,7 +147,10 @@ def finetuned_start(cfg: DictConfig) -> str:
     fp_cfg.distill = OmegaConf.structured(DistillConfig())  # nor does the QAT stage's teacher
     fp_cfg.eval_only = False
     fp_cfg.output_dir = "."  # excluded from the hash, replaced below
-    folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{config_hash(OmegaConf.to_container(fp_cfg, resolve=True))}"
+    # Keyed without the sections a full-precision run never reads, so that a change to the
+    # quantization, Hessian or distillation schema never orphans a trained start.
+    key = config_hash(OmegaConf.to_container(fp_cfg, resolve=True), FP_START_IGNORED)
+    folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Jobs of a parallel sweep wait for the one that trains the start instead of training it twice.
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:

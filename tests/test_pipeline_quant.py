@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from qbert_testing import FAST
 from qbert.config import validate
@@ -85,3 +86,16 @@ def test_post_training_quantization_calibrates_activation_ranges(compose_cfg, tm
     fp = json.loads(next((tmp_path / "ft").glob("*/results.json")).read_text())
     # 8-bit weights and activations barely move a model's predictions.
     assert abs(ptq["metrics"]["dev"]["accuracy"] - fp["metrics"]["dev"]["accuracy"]) <= 5.0
+
+
+def test_qat_gives_the_same_bits_whether_its_start_was_trained_in_process(compose_cfg, tmp_path):
+    """Training the full-precision start moves the global RNG; the QAT stage reseeds."""
+    from safetensors.torch import load_file
+
+    overrides = ["task=sst2", "quant=qbert", "quant.w_bits=2", *QUANT, f"finetuned_dir={tmp_path / 'ft'}"]
+    first = run(compose_cfg(overrides, output_dir=tmp_path / "a"))  # trains its start first
+    second = run(compose_cfg(overrides, output_dir=tmp_path / "b"))  # finds it on disk
+    assert first["weights"]["init_from"] == second["weights"]["init_from"]
+    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first["metrics"] == second["metrics"]

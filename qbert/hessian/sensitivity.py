@@ -143,6 +143,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
     losses, landscape = [], {}
     setup_s = hvp_s = fwd_bwd_s = landscape_s = 0.0
     calls = {"power": 0, "trace": 0}
+    unconverged: list[str] = []
     bar = _progress(runs * len(blocks), progress)
     for r, indices in enumerate(run_windows):
         batches = [collate([windows[i] for i in indices[k:k + batch_size]])
@@ -172,7 +173,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
                     raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
                 eig[r][i], iters[r][i], conv[r][i] = est.value, est.iterations, est.converged
                 if not est.converged:
-                    _no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence)
+                    unconverged.append(_no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence))
                 if r == 0 and i in landscape_layers:
                     t = time.perf_counter()
                     landscape[layers[i]] = loss_along(model, batches, blocks[i], est.vector,
@@ -181,6 +182,10 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
                 bar.update(1)
                 bar.set_postfix(layer=i, run=r, eig=f"{est.value:.3g}")
     bar.close()
+    if unconverged:  # one warning for the analysis; each case is in the record (converged)
+        log.warning("%d of %d power iterations stopped at max_iters=%d before converging to tol=%g "
+                    "(raise hessian.max_iters or hessian.tol): %s", len(unconverged), runs * len(blocks),
+                    max_iters, tol, "; ".join(unconverged))
     hvp_calls = calls["power"] + calls["trace"]
     per_hvp = hvp_s / max(hvp_calls, 1)
     timing = {"total_s": time.perf_counter() - started, "setup_s": setup_s, "hvp_total_s": hvp_s,
@@ -195,13 +200,13 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
                        stderr, run_windows, losses, landscape, timing)
 
 
-def _no_convergence(layer: str, run: int, est: EigenEstimate, max_iters: int, tol: float, action: str) -> None:
+def _no_convergence(layer: str, run: int, est: EigenEstimate, max_iters: int, tol: float, action: str) -> str:
+    """Raise (on_no_convergence=error), else return the case for the analysis' one warning."""
     last = ", ".join(f"{x:.4g}" for x in est.history[-3:])
-    message = (f"{layer}, run {run}: power iteration did not converge to tol={tol} in {max_iters} "
-               f"iterations (last estimates {last}); raise hessian.max_iters or hessian.tol")
     if action == "error":
-        raise SensitivityError(message)
-    log.warning(message)
+        raise SensitivityError(f"{layer}, run {run}: power iteration did not converge to tol={tol} in "
+                               f"{max_iters} iterations (last estimates {last}); raise hessian.max_iters or hessian.tol")
+    return f"{layer}, run {run}: power iteration did not converge (last estimates {last})"
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ default every sweep of the same experiment), so the folder names of earlier swee
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import time
@@ -129,4 +131,15 @@ def run_job(cfg: DictConfig, multirun: bool) -> dict | None:
               f"{failure['error_type']}: {failure['message']}  (details: {run_dir / ERROR_FILE})")
         return None
     _write_job(run_dir, status="finished", ended=time.time())
+    release_memory()
     return results
+
+
+def release_memory() -> None:
+    """Jobs of a sweep share one process: hand the last job's freed memory back to the system,
+    so the peak is one job's, not the sum of fragments every job left behind."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass

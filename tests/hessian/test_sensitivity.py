@@ -77,6 +77,8 @@ def test_no_convergence_warns_with_layer_and_run_or_raises(caplog):
                        tol=1e-12, progress=False, landscape_layers=())
     assert sens.converged == [[False, False]]
     assert "encoder.layer.0, run 0: power iteration did not converge" in caplog.text
+    assert "encoder.layer.1, run 0: power iteration did not converge" in caplog.text
+    assert len([r for r in caplog.records if "did not converge" in r.getMessage()]) == 1  # one warning, every case
     with pytest.raises(SensitivityError, match=r"encoder.layer.0, run 0: .*did not converge"):
         analyze(model, windows(), COLLATE, seed=0, fraction=0.5, runs=1, batch_size=4, max_iters=2, tol=1e-12,
                 on_no_convergence="error", progress=False, landscape_layers=())
