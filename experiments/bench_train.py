@@ -1,18 +1,18 @@
 """Training speed on real data: the old loop, each change alone, all together, and HF's Trainer.
 
 Every variant is the real training loop (qbert's LightningModule and Trainer, or Hugging Face's
-``Trainer`` for the reference) training MiniLM-L6 + classifier, batch 32, for one epoch over the
-same real SST-2 sentences (the first --sentences of the training file), so every variant sees the
-same tokens and only the batching differs. A callback times each optimiser step (forward,
-backward, clipping, AdamW, logging) and counts the real (unpadded) and padded tokens of its
-batch. The first --warmup steps are left out; steps/s and tokens/s are totals over the rest
-(batch lengths vary, so a median step would misstate a length-grouped order). All variants run in
-one process, one after another.
+``Trainer`` for the reference) training MiniLM-L6 + classifier, batch 32, on the same real SST-2
+sentences. The sentences (the first --rounds x --sentences of the training file) are cut into
+--rounds disjoint slices; in each round every variant trains one epoch over that round's slice,
+variant after variant, so a drift in the machine's speed (this CPU's varies by up to 30% over
+minutes) hits every variant alike. A callback times each optimiser step (forward, backward,
+clipping, AdamW, logging) and counts the real (unpadded) and padded tokens of its batch; the
+first step of each epoch is left out. Speeds are totals over all measured steps of all rounds.
 
 Changes measured (one at a time on top of the old loop, then all together):
   group  - length-grouped batches (data.group_by_length)
   bf16   - bf16 autocast (trainer.precision=bf16-mixed); on a CPU without native bf16 it is
-           emulated and far slower, so it runs on --slow-sentences sentences there
+           emulated and far slower, so it runs one round of --slow-sentences there
   fused  - one fused AdamW kernel (optim.fused)
   kernels- qbert's fake-quantization kernels (QAT only); "old" = PyTorch's fused
            fake_quantize_per_*_affine kernels and aminmax ranges, as qbert used before
@@ -38,11 +38,12 @@ import lightning as L
 import torch
 
 from qbert.config import register_configs, validate
+from qbert.data.features import Features
 from qbert.data.module import TaskDataModule
 from qbert.models import build_task_model, build_tokenizer
 from qbert.precision import cpu_precision, native_bf16_features
 from qbert.quant import primitives, quantize_
-from qbert.quant.methods import plan_for
+from qbert.methods import plan_for
 from qbert.train.module import TaskModule
 from qbert.train.trainer import build_trainer
 
@@ -105,9 +106,15 @@ def kernels(which: str):
 
 # --- timing -----------------------------------------------------------------------------------------
 class StepTimer:
+    """Step times and token counts; ``round_start`` marks where an epoch's warm-up step is."""
+
     def __init__(self) -> None:
         self.seconds, self.real, self.padded = [], [], []
+        self.warm: list[int] = []  # indices of left-out steps
         self._t = 0.0
+
+    def round_start(self) -> None:
+        self.warm.append(len(self.seconds))
 
     def count(self, batch) -> None:
         self.real.append(int(batch["attention_mask"].sum()))
@@ -119,13 +126,16 @@ class StepTimer:
     def stop(self) -> None:
         self.seconds.append(time.perf_counter() - self._t)
 
-    def summary(self, warmup: int) -> dict:
-        n = len(self.seconds)  # a loader may collate a batch or two ahead of the last step
-        s, real, padded = self.seconds[warmup:], self.real[warmup:n], self.padded[warmup:n]
+    def summary(self) -> dict:
+        keep = [i for i in range(len(self.seconds)) if i not in set(self.warm)]
+        s = [self.seconds[i] for i in keep]
+        real, padded = [self.real[i] for i in keep], [self.padded[i] for i in keep]
         total = sum(s)
+        if not s:
+            raise ValueError("no step left to measure after the warm-up step of each epoch: give more sentences")
         return {"steps": len(s), "steps_per_s": len(s) / total, "real_tokens_per_s": sum(real) / total,
                 "mean_step_ms": 1000 * total / len(s), "mean_real_tokens": sum(real) / len(s),
-                "mean_padded_tokens": sum(padded) / len(s), "step_ms": [round(1000 * x, 1) for x in s]}
+                "mean_padded_tokens": sum(padded) / len(s), "seconds": total}
 
 
 class _LightningTimer(L.Callback):
@@ -140,9 +150,15 @@ class _LightningTimer(L.Callback):
         self.timer.stop()
 
 
-def qbert_loop(data_root: str, quant: list[str], change: dict, sentences: int, warmup: int, seed: int) -> dict:
+def _slice(datamodule, window_slice: tuple[int, int]) -> None:
+    datamodule.setup("fit")
+    datamodule.train_features = Features(inputs=datamodule.train_features.inputs[slice(*window_slice)])
+
+
+def qbert_loop(data_root: str, quant: list[str], change: dict, window_slice: tuple[int, int], seed: int,
+               timer: StepTimer) -> None:
     overrides = ["task=sst2", "data.source=local", f"data.root={data_root}", f"seed={seed}",
-                 f"data.max_train_samples={sentences}", "optim.epochs=1", "quant.epochs=1",
+                 "optim.epochs=1", *(["quant.epochs=1"] if quant else []),
                  f"data.group_by_length={change['group']}", f"optim.fused={change['fused']}",
                  f"trainer.precision={'bf16-mixed' if change['bf16'] else '32-true'}",
                  "trainer.validate=never", "trainer.save_checkpoints=false",
@@ -152,6 +168,7 @@ def qbert_loop(data_root: str, quant: list[str], change: dict, sentences: int, w
         L.seed_everything(seed, verbose=False)
         tokenizer = build_tokenizer(run.model)
         datamodule = TaskDataModule(run.task, run.data, run.optim, tokenizer, run.seed)
+        _slice(datamodule, window_slice)
         model = build_task_model(run.model, run.task, vocab_size=len(tokenizer))
         bits = run.quant.layer_bits if run.quant.method == "qbert_mp" else None
         plan = plan_for(run.quant, model.config.num_attention_heads, bits)
@@ -159,26 +176,24 @@ def qbert_loop(data_root: str, quant: list[str], change: dict, sentences: int, w
             quantize_(model, plan)
         module = TaskModule(model, run.task, run.optim, datamodule, ("negative", "positive"))
         trainer, _ = build_trainer(run, Path(out), [])
-        timer = StepTimer()
         trainer.callbacks.append(_LightningTimer(timer))
         module.train()
+        timer.round_start()
         with kernels(change.get("kernels", "new")):
             trainer.fit(module, datamodule=datamodule)
-    return timer.summary(warmup)
 
 
-def hf_trainer(data_root: str, sentences: int, warmup: int, seed: int, bf16: bool) -> dict:
-    """Hugging Face's Trainer on the same model, data and batch size: what a user would pick."""
+def hf_trainer(data_root: str, window_slice: tuple[int, int], seed: int, bf16: bool, timer: StepTimer) -> str:
+    """Hugging Face's Trainer on the same model, data and batch size: what a user would pick.
+    Returns the optimizer it chose."""
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    run = validate(compose_config(["task=sst2", "data.source=local", f"data.root={data_root}",
-                                   f"data.max_train_samples={sentences}"]))
+    run = validate(compose_config(["task=sst2", "data.source=local", f"data.root={data_root}"]))
     tokenizer = build_tokenizer(run.model)
     datamodule = TaskDataModule(run.task, run.data, run.optim, tokenizer, seed)
-    datamodule.setup("fit")
+    _slice(datamodule, window_slice)
     dataset = [{k: v for k, v in w.items() if k != "feature_index"} for w in datamodule.train_features.inputs]
     model = build_task_model(run.model, run.task, vocab_size=len(tokenizer)).train()
-    timer = StepTimer()
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -199,20 +214,21 @@ def hf_trainer(data_root: str, sentences: int, warmup: int, seed: int, bf16: boo
                                  learning_rate=run.optim.lr, num_train_epochs=1, train_sampling_strategy="group_by_length",
                                  bf16=bf16, use_cpu=True, save_strategy="no", logging_strategy="no",
                                  report_to=[], seed=seed, dataloader_num_workers=0, disable_tqdm=True)
+        timer.round_start()
         Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                 callbacks=[Timer()]).train()
-    summary = timer.summary(warmup)
-    summary["optimizer"] = args.optim if isinstance(args.optim, str) else str(args.optim.value)
-    return summary
+    # the collator may have run a batch ahead of the last step
+    del timer.real[len(timer.seconds):], timer.padded[len(timer.seconds):]
+    return args.optim if isinstance(args.optim, str) else str(args.optim.value)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder in the layout of ../shared/data")
-    parser.add_argument("--sentences", type=int, default=3200, help="training sentences: one epoch of each variant")
-    parser.add_argument("--warmup", type=int, default=3, help="first steps of each variant left out")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds: every variant trains once per round")
+    parser.add_argument("--sentences", type=int, default=800, help="training sentences per round (an epoch)")
     parser.add_argument("--slow-sentences", type=int, default=160,
-                        help="sentences for bf16 variants on a CPU that emulates bf16 (a step takes ~20 s there)")
+                        help="sentences of the one round of bf16 variants on a CPU that emulates bf16")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_train_cpu.json"))
     args = parser.parse_args()
@@ -221,9 +237,6 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     native = bool(native_bf16_features())
     defaults = {"group": True, "bf16": cpu_precision() == "bf16-mixed", "fused": True, "kernels": "new"}
-
-    def steps_for(change):  # (sentences, warm-up steps)
-        return (args.sentences, args.warmup) if native or not change["bf16"] else (args.slow_sentences, 1)
 
     variants = [("fp", "old loop", [], OLD)]
     variants += [("fp", f"+{c}", [], {**OLD, c: True}) for c in ("group", "bf16", "fused")]
@@ -235,27 +248,46 @@ def main() -> None:
         variants += [(name, f"+{c}", quant, {**OLD, c: True}) for c in ("group", "bf16", "fused")]
         variants += [(name, "+kernels", quant, {**OLD, "kernels": "new"})]
         variants += [(name, "new defaults", quant, defaults)]
+    hf = [("hf_trainer", "group_by_length, bf16", True), ("hf_trainer", "group_by_length, fp32", False)]
+
+    timers: dict[tuple[str, str], StepTimer] = {}
+    optimizer = None
+    slow = [v for v in variants if v[3]["bf16"] and not native] + [h for h in hf if h[2] and not native]
+    for r in range(args.rounds):
+        window = (r * args.sentences, (r + 1) * args.sentences)
+        for kind, label, quant, change in variants:
+            if (kind, label, quant, change) in slow:
+                continue
+            print(f"[bench_train] round {r + 1}/{args.rounds} {kind:14s} {label}", flush=True)
+            qbert_loop(args.data, quant, change, window, args.seed, timers.setdefault((kind, label), StepTimer()))
+        for kind, label, bf16 in hf:
+            if (kind, label, bf16) in slow:
+                continue
+            print(f"[bench_train] round {r + 1}/{args.rounds} {kind:14s} {label}", flush=True)
+            optimizer = hf_trainer(args.data, window, args.seed, bf16, timers.setdefault((kind, label), StepTimer()))
+    for item in slow:  # emulated bf16: one short round
+        kind, label = item[0], item[1]
+        print(f"[bench_train] bf16 emulated, one round of {args.slow_sentences} sentences: {kind} {label}", flush=True)
+        timer = timers.setdefault((kind, label), StepTimer())
+        if kind == "hf_trainer":
+            hf_trainer(args.data, (0, args.slow_sentences), args.seed, True, timer)
+        else:
+            qbert_loop(args.data, item[2], item[3], (0, args.slow_sentences), args.seed, timer)
 
     results: dict = {"fp": {}, **{name: {} for name in QAT}, "hf_trainer": {}}
-    for kind, label, quant, change in variants:
-        print(f"[bench_train] {kind:14s} {label:22s} ...", end="", flush=True)
-        r = qbert_loop(args.data, quant, change, *steps_for(change), args.seed)
-        r["change"] = change
-        results[kind][label] = r
-        print(f" {r['steps_per_s']:.2f} steps/s, {r['real_tokens_per_s']:.0f} real tokens/s "
-              f"({r['mean_padded_tokens']:.0f} padded / {r['mean_real_tokens']:.0f} real tokens a batch)", flush=True)
-    for bf16 in (True, False):
-        label = "group_by_length, bf16" if bf16 else "group_by_length, fp32"
-        print(f"[bench_train] {'hf_trainer':14s} {label:22s} ...", end="", flush=True)
-        r = hf_trainer(args.data, *steps_for({"bf16": bf16}), args.seed, bf16)
-        results["hf_trainer"][label] = r
-        print(f" {r['steps_per_s']:.2f} steps/s, {r['real_tokens_per_s']:.0f} real tokens/s", flush=True)
+    changes = {(k, label): change for k, label, _, change in variants}
+    for (kind, label), timer in timers.items():
+        results[kind][label] = {**timer.summary(), "change": changes.get((kind, label))}
+        r = results[kind][label]
+        print(f"{kind:14s} {label:22s} {r['steps_per_s']:.2f} steps/s, {r['real_tokens_per_s']:.0f} real tokens/s "
+              f"({r['mean_padded_tokens']:.0f} padded / {r['mean_real_tokens']:.0f} real tokens a batch, {r['steps']} steps)")
+    results["hf_trainer_optimizer"] = optimizer
 
     # Ratios of real (unpadded) tokens per second: every variant trains on the same sentences, so
     # this is the ratio of epoch times, without the warm-up steps (which differ between orders).
     speed = "real_tokens_per_s"
     fp_old, fp_new = results["fp"]["old loop"], results["fp"]["new defaults"]
-    hf_best = max(results["hf_trainer"].values(), key=lambda r: r[speed])
+    hf_best = max((r for r in results["hf_trainer"].values()), key=lambda r: r[speed])
     ratios = {"measure": speed, "fp_new_over_old": fp_new[speed] / fp_old[speed],
               "fp_new_over_hf_best": fp_new[speed] / hf_best[speed]}
     for name in QAT:
@@ -267,8 +299,9 @@ def main() -> None:
         base = results[kind]["old loop"][speed]
         ratios[f"{kind}_each_change_over_old"] = {label: r[speed] / base for label, r in results[kind].items()}
     out = {
-        "what": "one training epoch over the same real SST-2 sentences per variant, MiniLM-L6 + classifier, "
-                "batch 32, timed by a callback around each optimiser step; totals over the measured steps",
+        "what": "MiniLM-L6 + classifier, batch 32, trained on the same real SST-2 sentences by every variant, "
+                "in interleaved rounds (one epoch over each round's slice); each optimiser step timed by a callback; "
+                "totals over the measured steps (the first step of each epoch left out)",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "native_bf16": list(native_bf16_features()),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__},
