@@ -21,7 +21,7 @@ import torch
 from qbert.config import ModelConfig, QuantConfig, TaskConfig
 from qbert.models import build_task_model
 from qbert.quant import quantize_
-from qbert.quant.methods import plan_for
+from qbert.methods import plan_for
 
 VARIANTS = {"fp32": QuantConfig(), "directq_w4a8": QuantConfig(method="directq", w_bits=4, groups=1),
             "qbert_w4a8_g128": QuantConfig(method="qbert", w_bits=4, groups=128)}

@@ -30,7 +30,7 @@ from qbert.hessian.hvp import BlockHessian, eager_attention, layer_blocks
 from qbert.hessian.mixed_precision import sensitivity_for
 from qbert.hessian.plots import eigenvalue_boxplot, loss_landscape
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_
-from qbert.report.record import device_info, git_state, versions
+from qbert.environment import device_info, git_state, versions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results"

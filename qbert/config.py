@@ -15,12 +15,22 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-# The repo's top-level conf/ (qbert is installed editable: `pip install -e .`).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """The Hydra configs: inside the installed package (a wheel: ``qbert/conf``), else the
+    top-level ``conf/`` of the checkout this code runs from (editable install, PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"qbert's configs are missing: neither {package / 'conf'} (an installed "
+                            f"package) nor {package.parent / 'conf'} (a checkout) holds train.yaml")
+
+
+CONF_DIR = _conf_dir()
 
 TASK_KINDS = ("classification", "token_classification", "question_answering")
 DATA_SOURCES = ("sample", "local", "hub")
-QUANT_METHODS = ("none", "directq", "qbert", "qbert_mp", "ablation", "q8bert", "q8bert_ptq", "mkq")
 ALLOCATIONS = ("rule", "ilp", "manual")  # qbert_mp: the paper's rule, an integer program, or given widths
 SENSITIVITIES = ("eigenvalue", "trace")
 SCALE_GRADS = ("lsq", "lsq_unscaled")  # qbert.quant.learned; MKQ-BERT's own rule was not available
@@ -148,7 +158,8 @@ class ModelConfig:
 
 @dataclass
 class QuantConfig:
-    """How to quantize: a method picks the precision-plan builder, the rest are its knobs."""
+    """How to quantize: ``method`` picks a method of ``qbert/methods/`` (each declares which of the
+    fields below it reads; any other field must keep its default, or validation refuses it)."""
 
     # none | directq (one range per matrix) | qbert (group-wise) | qbert_mp (group-wise + Hessian
     # mixed precision) | ablation | q8bert (8-bit QAT, EMA ranges) | q8bert_ptq (8-bit dynamic
@@ -157,7 +168,7 @@ class QuantConfig:
     w_bits: int = 8  # encoder Linear weights
     e_bits: int = 8  # word and position embeddings
     a_bits: int = 8  # inputs of every quantized Linear (EMA ranges)
-    groups: int = 128  # row groups per matrix (qbert); directq always uses 1
+    groups: int = 128  # row groups per matrix (qbert, qbert_mp, ablation, mkq)
     heads_as_groups: bool = False  # Q/K/V: one group per attention head instead of `groups`
     symmetric: bool = True
     module: Optional[str] = None  # ablation only: the one module kind that is quantized
@@ -195,7 +206,8 @@ class QuantConfig:
     layer_bits: Optional[List[int]] = None
 
     def __post_init__(self) -> None:
-        _one_of(self.method, QUANT_METHODS, "quant.method")
+        from qbert.methods import get  # the registry: one module per method (qbert/methods/)
+        get(self.method)
         _check(0.0 <= self.ema_decay < 1.0, "quant.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         _check(self.delay_steps >= 0, "quant.delay_steps", f"must be >= 0, got {self.delay_steps}")
         _check(self.scale_grad in SCALE_GRADS, "quant.scale_grad",
@@ -213,8 +225,6 @@ class QuantConfig:
         _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
         if self.method == "ablation":
             _one_of(self.module, ABLATION_MODULES, "quant.module")
-        else:
-            _check(self.module is None, "quant.module", f"only used by quant=ablation, not {self.method}")
         _one_of(self.high_bits, QUANT_BITS[:-1], "quant.high_bits")
         _one_of(self.allocation, ALLOCATIONS, "quant.allocation")
         _check(bool(self.bit_choices), "quant.bit_choices", "must list at least one width")
@@ -425,6 +435,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        from qbert.methods import unread_settings
+        unread = unread_settings(self.quant, self.eval_only)
+        if unread:  # a setting the method would silently ignore
+            raise ValueError("\n".join(unread))
         _check(not (self.optim.fused and self.optim.grad_clip and self.trainer.precision == "16-mixed"),
                "optim.fused", "a fused AdamW unscales fp16 gradients inside its kernel, after clipping would "
                "have seen them scaled: with trainer.precision=16-mixed set optim.fused=false (or bf16-mixed)")

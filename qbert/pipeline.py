@@ -3,7 +3,6 @@ evaluate -> record. Everything a run produces lands in its output folder."""
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
@@ -11,10 +10,12 @@ import time
 from pathlib import Path
 
 import lightning as L
+from filelock import FileLock
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qbert.config import DistillConfig, HessianConfig, QuantConfig, RunConfig, validate
+from qbert.data.features import model_inputs
 from qbert.data.module import TaskDataModule
 from qbert.data.sources import LABEL_NAMES, data_provenance
 from qbert.hessian.mixed_precision import hessian_allocation
@@ -22,10 +23,12 @@ from qbert.precision import describe as describe_precision
 from qbert.models import build_task_model, build_tokenizer, load_finetuned_, resolve_weights
 from qbert.quant import (calibration, learned_quantizers, needs_calibration, quantization_map, quantize_,
                          size_from_model)
-from qbert.quant.methods import plan_for
+from qbert.methods import plan_for
 from qbert.train.distill import Distiller, load_teacher, needs_eager
-from qbert.report.record import config_hash, device_info, git_state, versions, write_results
-from qbert.train.module import TaskModule, model_inputs
+from qbert.environment import run_environment
+from qbert.hf import mark_quantized
+from qbert.report.record import config_hash, write_results
+from qbert.train.module import TaskModule
 from qbert.train.trainer import build_loggers, build_trainer
 
 log = logging.getLogger(__name__)
@@ -91,7 +94,7 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
                         distiller=distiller, quant_delay_steps=run_cfg.quant.delay_steps,
                         scale_lr=run_cfg.quant.scale_lr)
     run_name = run_dir.name
-    loggers = build_loggers(run_cfg, run_dir, run_name, config)
+    loggers = build_loggers(run_cfg, run_dir, run_name, config, quantization_map(model))
     trainer, checkpoint = build_trainer(run_cfg, run_dir, loggers)
     try:
         fit_seconds = 0.0
@@ -153,14 +156,17 @@ def finetuned_start(cfg: DictConfig) -> str:
     folder = Path(cfg.finetuned_dir) / f"{cfg.task.name}_{cfg.model.name}_{key}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Jobs of a parallel sweep wait for the one that trains the start instead of training it twice.
-    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(folder.parent / f".{folder.name}.lock"):
         if (folder / "results.json").is_file():
             log.info("reusing the full-precision fine-tuned model in %s", folder)
             return str(folder)
-        log.info("no full-precision fine-tuned model yet: training one in %s", folder)
         fp_cfg.output_dir = str(folder)
-        run(fp_cfg)
+        last = folder / "checkpoints" / "last.ckpt"  # an interrupted start goes on from its last epoch
+        if last.is_file():
+            log.info("the full-precision start in %s was interrupted: resuming from %s", folder, last)
+        else:
+            log.info("no full-precision fine-tuned model yet: training one in %s", folder)
+        run(fp_cfg, resume_from=str(last) if last.is_file() else None)
     return str(folder)
 
 
@@ -173,10 +179,14 @@ def calibrate_(model: torch.nn.Module, datamodule: TaskDataModule, batches: int)
 
 
 def save_model(model, tokenizer, folder: Path) -> None:
-    """Weights (safetensors), tokenizer and, for a quantized model, the plan that rebuilds it."""
+    """Weights (safetensors), tokenizer and, for a quantized model, the plan that rebuilds it:
+    in quantization_map.json and in config.json's quantization_config, so that
+    ``AutoModelFor...from_pretrained(folder)`` after ``import qbert`` rebuilds it (``qbert.hf``)."""
+    qmap = quantization_map(model)
+    if qmap:
+        mark_quantized(model, qmap)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    qmap = quantization_map(model)
     if qmap:
         (folder / "quantization_map.json").write_text(json.dumps(qmap, indent=2) + "\n")
 
@@ -211,9 +221,7 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "mixed_precision": mixed_precision,  # qbert_mp: sensitivity table, widths, timing, figures
         "timing_seconds": {"fit": fit_seconds, "test": test_seconds, "wall": wall_seconds},
         "steps": int(module.trainer.global_step),
-        "device": device_info(run_cfg.trainer.accelerator),
-        "git": git_state(Path(__file__).resolve().parent),
-        "versions": versions(),
+        **run_environment(run_cfg.trainer.accelerator, run_cfg.trainer.precision),
         "config": config,
     }
 

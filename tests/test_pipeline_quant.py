@@ -20,7 +20,7 @@ def test_qat_starts_from_a_finetuned_model_made_once(compose_cfg, tmp_path):
     made = [p for p in (tmp_path / "ft").iterdir() if p.is_dir()]  # beside it: its lock file
     assert len(made) == 1 and (made[0] / "results.json").is_file()
     assert first["weights"]["init_from"] == str(made[0])
-    second = run(compose_cfg(["task=sst2", "quant=directq", "quant.w_bits=2", *QUANT, ft], output_dir=tmp_path / "d2"))
+    second = run(compose_cfg(["task=sst2", "quant=directq", "quant.w_bits=2", *FAST, ft], output_dir=tmp_path / "d2"))
     assert [p for p in (tmp_path / "ft").iterdir() if p.is_dir()] == made  # reused, not retrained
     assert second["weights"]["init_from"] == str(made[0])
 
@@ -99,3 +99,20 @@ def test_qat_gives_the_same_bits_whether_its_start_was_trained_in_process(compos
     a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first["metrics"] == second["metrics"]
+
+
+def test_an_interrupted_full_precision_start_resumes_from_its_checkpoint(compose_cfg, tmp_path, caplog):
+    ft = tmp_path / "ft"
+    overrides = ["task=sst2", "quant=qbert", "quant.w_bits=4", *QUANT, f"finetuned_dir={ft}", "optim.epochs=2",
+                 "trainer.max_steps=-1", "trainer.limit_train_batches=2", "trainer.save_checkpoints=true"]
+    run(compose_cfg(overrides, output_dir=tmp_path / "a"))
+    (start,) = [p for p in ft.iterdir() if p.is_dir()]
+    first = json.loads((start / "results.json").read_text())
+    assert first["steps"] == 4 and first["resumed_from"] is None
+    (start / "results.json").unlink()  # as if killed after its last epoch's checkpoint
+    with caplog.at_level("INFO"):
+        run(compose_cfg(overrides, output_dir=tmp_path / "b"))
+    again = json.loads((start / "results.json").read_text())
+    assert "was interrupted: resuming" in caplog.text
+    assert again["resumed_from"] == str(start / "checkpoints" / "last.ckpt")
+    assert again["steps"] == 4 and again["metrics"] == first["metrics"]  # nothing retrained

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from qbert.config import TaskConfig
 
 IGNORE_INDEX = -100  # positions that carry no label (special tokens, later sub-tokens)
+NON_MODEL_KEYS = ("feature_index",)  # bookkeeping each window carries for decoding predictions
 CHUNK = 1000  # examples tokenized per call: bounded memory, a moving progress bar
 
 
@@ -28,6 +29,11 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+
+def model_inputs(batch: dict) -> dict:
+    """A collated batch without the bookkeeping keys the model does not take."""
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
 def _chunks(items: list, desc: str):

@@ -23,6 +23,7 @@ from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantiz
 from qbert.quant.primitives import MIN_SCALE, qrange
 from qbert.quant.quantizers import ActivationQuantizer
 from qbert.quant.surgery import quantization_map
+from qbert.weights import load_weights_
 
 QUANTIZER_KEYS = ("weight_quantizer.", "input_quantizer.")
 
@@ -104,7 +105,11 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]
 def export_packed(model: nn.Module, path: str | Path) -> Path:
     """Write ``model`` (a ``quantize_``'d transformers model) as a packed file at ``path``."""
     tensors, modules = packed_tensors(model)
-    config = model.config.to_dict()
+    # the architecture's own config: the plan is in the file already, and the packed model is
+    # not the fake-quantized one a "qbert_bert" config with its quantization_config describes
+    config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    if config.get("model_type") == "qbert_bert":
+        config["model_type"] = "bert"
     return write_packed(path, tensors, type(model).__name__, config, quantization_map(model), modules)
 
 
@@ -119,6 +124,8 @@ def load_run_model(source: str | Path) -> nn.Module:
     for f in (folder / "config.json", weights, qmap_path):
         if not f.is_file():
             raise FileNotFoundError(f"{source}: no {f.name} (export needs a quantized run's model/ folder)")
+    from qbert.hf import register
+    register()  # a quantized run's config.json has qbert's model type
     config = transformers.AutoConfig.from_pretrained(folder)
     arch = (config.architectures or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
@@ -126,9 +133,5 @@ def load_run_model(source: str | Path) -> nn.Module:
         raise ValueError(f"{folder}/config.json: unknown architecture {arch!r}")
     model = cls(config)
     quantize_(model, plan_from_dict(json.loads(qmap_path.read_text())))
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"{weights}: does not fit its config/plan: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_weights_(model, load_file(str(weights)), f"{weights} (with its config and plan)")
     return model.eval()

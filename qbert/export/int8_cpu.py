@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from qbert.export.modules import PackedEmbedding, PackedLinear
 from qbert.quant.primitives import FLOAT_BITS
+from qbert.weights import replace_module
 
 
 def torchao_available() -> bool:
@@ -68,8 +69,7 @@ def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float, int]
             new = nn.Embedding.from_pretrained(m.dequantized_weight(), freeze=True, padding_idx=m.padding_idx)
         else:
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        replace_module(model, name, new)
     return model.eval(), inputs, weights
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qbert.export.modules import PackedLinear
+from qbert.weights import replace_module
 
 TINYGEMM_GROUP_SIZES = (256, 128, 64, 32)
 
@@ -119,8 +120,7 @@ def convert_(model: nn.Module, mode: str, device: torch.device | str = "cpu") ->
             new = Int4WeightLinear(m, device)
         else:
             continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        replace_module(model, name, new)
         done.append(name)
     return done
 
@@ -134,8 +134,7 @@ def to_device_(model: nn.Module, device: torch.device | str, dtype: torch.dtype)
     for name, m in list(model.named_modules()):
         if isinstance(m, PackedEmbedding):
             new = nn.Embedding.from_pretrained(m.dequantized_weight(), freeze=True, padding_idx=m.padding_idx)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, new)
+            replace_module(model, name, new)
     model.to(device)
     for m in model.modules():
         if isinstance(m, (Int8Linear, Int4WeightLinear, PackedLinear)):

@@ -22,6 +22,8 @@ from qbert.export.packing import from_codes, packed_nbytes, unpack
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.plan import assign
 from qbert.quant.primitives import FLOAT_BITS
+from qbert.hf import mark_packed
+from qbert.weights import replace_module
 
 SUFFIXES = ("weight.packed", "weight.scale", "weight.zero_point", "weight", "input.qparams")
 
@@ -127,11 +129,11 @@ def load_packed(path: str | Path) -> nn.Module:
             new: nn.Module = PackedLinear(info, plan[name], own[name], codes, rest.get(f"{name}.bias"))
         else:
             new = PackedEmbedding(info, own[name], codes)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        replace_module(model, name, new)
     floats = {k: v for k, v in rest.items() if k not in bias}
     missing, unexpected = model.load_state_dict(floats, strict=False)
     left = [k for k in missing if k.rpartition(".")[0] not in modules]
     if left or unexpected:  # unreachable after the checks above; kept as a guard
         raise PackedFileError(f"{path}: state mismatch: missing {left[:5]}, unexpected {unexpected[:5]}")
+    mark_packed(model, str(path))  # save_pretrained would write codes a float loader misreads: refused
     return model.eval()

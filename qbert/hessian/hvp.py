@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from qbert.train.module import model_inputs
+from qbert.data.features import model_inputs
 
 Vector = list[Tensor]  # one tensor per parameter of a block
 _LAYER = re.compile(r"(?:.+\.)?encoder\.layer\.(\d+)\..+")

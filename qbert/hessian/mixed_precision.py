@@ -23,7 +23,7 @@ from qbert.hessian.allocate import (encoder_mib, ilp_allocation, layer_costs, ru
                                     weight_perturbation)
 from qbert.hessian.hvp import eager_attention
 from qbert.hessian.plots import eigenvalue_boxplot, loss_landscape
-from qbert.hessian.sensitivity import Sensitivity, analyze
+from qbert.hessian.sensitivity import AnalysisSettings, Sensitivity, analyze
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,12 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
     model.to(device)
     try:
         with eager_attention(model):  # SDPA kernels have no double backward
-            sens = analyze(model, datamodule.train_features.inputs, datamodule.collate,
-                           fraction=hc.fraction, runs=hc.runs, batch_size=hc.batch_size,
-                           batches_per_run=hc.batches_per_run, max_iters=hc.max_iters, tol=hc.tol,
-                           with_trace=settings["with_trace"], trace_samples=hc.trace_samples,
-                           on_no_convergence=hc.on_no_convergence, seed=settings["seed"],
-                           landscape_layers=hc.landscape_layers, landscape_points=hc.landscape_points,
-                           landscape_radius=hc.landscape_radius,
-                           progress=run_cfg.trainer.enable_progress_bar)
+            sens = analyze(model, datamodule.train_features.inputs, datamodule.collate, AnalysisSettings(
+                fraction=hc.fraction, runs=hc.runs, batch_size=hc.batch_size, batches_per_run=hc.batches_per_run,
+                max_iters=hc.max_iters, tol=hc.tol, with_trace=settings["with_trace"],
+                trace_samples=hc.trace_samples, on_no_convergence=hc.on_no_convergence, seed=settings["seed"],
+                landscape_layers=hc.landscape_layers, landscape_points=hc.landscape_points,
+                landscape_radius=hc.landscape_radius, progress=run_cfg.trainer.enable_progress_bar))
     finally:
         model.to("cpu").train(was_training)
     sens.settings = {**settings, "cache_key": key, "device": device, "mode": "eval", "attention": "eager"}

@@ -119,14 +119,35 @@ def draw_run_batches(num_windows: int, fraction: float, runs: int, windows_per_r
     return out
 
 
-def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[dict]], dict[str, Tensor]], *,
-            fraction: float = 0.1, runs: int = 10, batch_size: int = 32, batches_per_run: int = 1,
-            max_iters: int = 50, tol: float = 1e-3, with_trace: bool = False, trace_samples: int = 32,
-            on_no_convergence: str = "warn", seed: int = 0,
-            landscape_layers: Optional[Sequence[int]] = (), landscape_points: int = 21,
-            landscape_radius: float = 0.5, progress: bool = True) -> Sensitivity:
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How the analysis runs (``qbert.config.HessianConfig`` builds one for a run)."""
+
+    fraction: float = 0.1  # of the training windows: the pool each run draws its batches from
+    runs: int = 10
+    batch_size: int = 32
+    batches_per_run: int = 1
+    max_iters: int = 50
+    tol: float = 1e-3
+    with_trace: bool = False
+    trace_samples: int = 32
+    on_no_convergence: str = "warn"  # warn | error
+    seed: int = 0
+    landscape_layers: Optional[Sequence[int]] = ()  # None: every layer
+    landscape_points: int = 21
+    landscape_radius: float = 0.5
+    progress: bool = True
+
+
+def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[dict]], dict[str, Tensor]],
+            settings: AnalysisSettings = AnalysisSettings()) -> Sensitivity:
     """Run the analysis on ``model`` as it is (its mode, attention kernel and device are the
-    caller's: use eval mode and eager attention). ``landscape_layers=None``: every layer."""
+    caller's: use eval mode and eager attention)."""
+    st = settings
+    fraction, runs, batch_size, batches_per_run = st.fraction, st.runs, st.batch_size, st.batches_per_run
+    max_iters, tol, with_trace, trace_samples, seed = st.max_iters, st.tol, st.with_trace, st.trace_samples, st.seed
+    on_no_convergence, landscape_layers = st.on_no_convergence, st.landscape_layers
+    landscape_points, landscape_radius, progress = st.landscape_points, st.landscape_radius, st.progress
     started = time.perf_counter()
     blocks = layer_blocks(model)
     layers = [f"encoder.layer.{i}" for i in range(len(blocks))]  # layer_blocks returns them in order

@@ -24,6 +24,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from qbert.config import ModelConfig, TaskConfig
+from qbert.weights import load_weights_
 
 HEADS = {
     "classification": AutoModelForSequenceClassification,
@@ -154,13 +155,4 @@ def load_finetuned_(model: PreTrainedModel, source: str | Path) -> PreTrainedMod
     if qmap:
         from qbert.quant import plan_from_dict, quantize_
         quantize_(model, plan_from_dict(qmap))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatch: another task head or another architecture
-        raise ValueError(f"config key 'init_from': {source} does not fit this task/model: {err}") from None
-    # Tied or persistent-buffer keys (e.g. position_ids) may legitimately be absent.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"config key 'init_from': {source} does not fit this task/model: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model
+    return load_weights_(model, state, str(source), "init_from")

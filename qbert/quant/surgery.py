@@ -25,13 +25,9 @@ from qbert.quant.learned import LearnedActivationQuantizer
 from qbert.quant.modules import QUANT_MODULES, QuantEmbedding, QuantLinear
 from qbert.quant.plan import PlanLike, assign
 from qbert.quant.quantizers import ActivationQuantizer
+from qbert.weights import replace_module
 
 QUANTIZED_TYPES = (QuantLinear, QuantEmbedding)
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def quantize_(model: nn.Module, plan: PlanLike) -> nn.Module:
@@ -52,7 +48,7 @@ def quantize_(model: nn.Module, plan: PlanLike) -> nn.Module:
     # Build every replacement first, so a bad group count leaves the model untouched.
     new = {n: QUANT_MODULES[type(by_name[n])].from_float(by_name[n], spec, name=n) for n, spec in chosen.items()}
     for n, q in new.items():
-        _set_submodule(model, n, q)
+        replace_module(model, n, q)
     return model
 
 
@@ -60,7 +56,7 @@ def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
     """Inverse of ``quantize_``: plain modules with the float weights (``bake``: with Q(W))."""
     for name, m in list(model.named_modules()):
         if isinstance(m, QUANTIZED_TYPES):
-            _set_submodule(model, name, m.to_float(bake=bake))
+            replace_module(model, name, m.to_float(bake=bake))
     return model
 
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders or a whole outputs/ folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <first folder>/report)")
-    parser.add_argument("--paper", type=Path, default=None, help="paper numbers YAML (default: experiments/paper_numbers.yaml)")
+    parser.add_argument("--paper", type=Path, default=None, help="paper numbers YAML (default: qbert/report/paper_numbers.yaml)")
     parser.add_argument("--title", default=None)
     parser.add_argument("--as-experiment", default=None, metavar="NAME",
                         help="put the jobs of every folder into one table per task (a table swept in parts)")

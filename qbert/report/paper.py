@@ -1,4 +1,4 @@
-"""The papers' published numbers, kept as data (``experiments/paper_numbers.yaml``), for
+"""The papers' published numbers, kept as data (``qbert/report/paper_numbers.yaml``), for
 side-by-side comparison. Looked up by paper family, task, method name and w-bits column."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Optional
 
 import yaml
 
-PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "experiments" / "paper_numbers.yaml"
+PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"  # package data
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,18 @@
-"""Write one run's ``results.json``: everything needed to find, compare and re-run it."""
+"""Results files: the config hash that finds a run again, and atomic JSON reading/writing.
+
+No torch here: reports read results without the training stack (the environment a run records
+is gathered by ``qbert.environment``)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-import torch
-
 from qbert.config import hash_neutral_values
 
-PACKAGES = ("qbert", "torch", "transformers", "tokenizers", "lightning", "hydra-core", "omegaconf",
-            "datasets", "torchmetrics", "seqeval", "wandb")
 # Keys that change where or how loudly a run happens, not what it computes: top-level keys, and
 # keys inside a section.
 NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
@@ -63,40 +59,6 @@ def read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def git_state(cwd: Path | None = None) -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-    sha = git("rev-parse", "HEAD")
-    if sha is None:  # not a git checkout (e.g. a copied working tree): unknown, not clean
-        return {"sha": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
-
-
-def versions() -> dict[str, str | None]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    found["python"] = platform.python_version()
-    return found
-
-
-def device_info(accelerator: str) -> dict:
-    info = {"accelerator": accelerator, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def write_results(path: Path, results: dict) -> Path:

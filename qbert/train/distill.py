@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qbert.config import DistillConfig
+from qbert.weights import load_weights_
 
 KEY = "distill.teacher"
 
@@ -58,17 +59,12 @@ def load_teacher(source: str | Path, model_cfg, task_cfg, vocab_size: int) -> nn
     if qmap:
         raise ValueError(f"config key '{KEY}': {source} is a quantized run; the teacher must be full precision")
     teacher = build_task_model(model_cfg, task_cfg, vocab_size=vocab_size)
+    student = (f"the student's task/architecture ({task_cfg.name}: {task_cfg.num_labels} labels, "
+               f"{model_cfg.num_layers} layers, hidden {model_cfg.hidden_size})")
     try:
-        missing, unexpected = teacher.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # a shape mismatch: another label set or hidden size
-        first = str(err).split("\n\t")[1] if "\n\t" in str(err) else str(err)
-        raise ValueError(f"config key '{KEY}': {source} does not match the student's task/architecture "
-                         f"({task_cfg.name}: {task_cfg.num_labels} labels, {model_cfg.num_layers} layers, "
-                         f"hidden {model_cfg.hidden_size}): {first}") from None
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"config key '{KEY}': {source} does not match the student's task/architecture "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_weights_(teacher, state, str(source), KEY)
+    except ValueError as err:
+        raise ValueError(str(err).replace("does not fit this model", f"does not match {student}")) from None
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -16,16 +16,11 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from qbert.config import OptimConfig, TaskConfig
+from qbert.data.features import model_inputs
 from qbert.eval.decode import decode
 from qbert.quant import quantization_map, set_fake_quant_
 
-NON_MODEL_KEYS = ("feature_index",)
 SCALE_PARAMS = ("weight_quantizer.scale", "input_quantizer.scale", "input_quantizer.offset")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A collated batch without the bookkeeping keys the model does not take."""
-    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_lr: float | None = None) -> list[dict]:

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from qbert.config import RunConfig
+from qbert.report.widths import widths_from_map
 
 
 def wandb_mode(requested: str | None) -> str:
@@ -27,22 +28,28 @@ def wandb_mode(requested: str | None) -> str:
     return "offline"
 
 
-def run_tags(run: RunConfig) -> list[str]:
-    """What finds a job again in W&B: task, model, method, widths, seed."""
+def run_tags(run: RunConfig, qmap: dict | None) -> list[str]:
+    """What finds a job again in W&B: task, model, method, seed, and the widths of the plan the
+    run applied (its quantization map)."""
     tags = [run.task.name, run.model.name, run.quant.method, f"seed{run.seed}"]
-    if run.quant.method != "none":
-        tags += [f"w{run.quant.w_bits}", f"e{run.quant.e_bits}", f"a{run.quant.a_bits}"]
-        if run.quant.method == "qbert_mp":
-            tags.append(f"mp{run.quant.w_bits}-{run.quant.high_bits}")
+    if qmap:
+        widths = widths_from_map(qmap)
+        if widths.mixed:
+            tags.append(f"mp{min(widths.layer_bits)}-{max(widths.layer_bits)}")
+        else:
+            tags.append(f"w{widths.mean_w_bits:g}")
+        tags += [f"e{widths.e_bits}", f"a{widths.a_bits}"]
+        if widths.groups is not None:
+            tags.append(f"g{widths.groups}")
     return tags
 
 
-def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict) -> list[Logger]:
+def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict, qmap: dict | None = None) -> list[Logger]:
     if run.logger.name == "none":
         return []
     if run.logger.name == "csv":
         return [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    tags = list(run.logger.tags) or run_tags(run)
+    tags = list(run.logger.tags) or run_tags(run, qmap)
     return [WandbLogger(project=run.logger.project, group=run.logger.group or run.experiment_name,
                         name=run_name, tags=tags, mode=wandb_mode(run.logger.mode),
                         save_dir=str(run_dir), config=config)]

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 from tiny_bert import HEADS, tiny_batch, tiny_model
 from qbert.hessian import BlockHessian, eager_attention, layer_blocks, task_loss
-from qbert.train.module import model_inputs
+from qbert.data.features import model_inputs
 
 
 def explicit_block_hessian(model, batch, layer: int) -> torch.Tensor:

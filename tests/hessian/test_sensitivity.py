@@ -12,6 +12,7 @@ from tiny_bert import tiny_batch, tiny_model
 from qbert.data.module import PadCollator
 from qbert.hessian import SensitivityError, analyze, draw_run_batches
 from qbert.hessian import cache
+from qbert.hessian.sensitivity import AnalysisSettings as S
 from qbert.hessian.sensitivity import Sensitivity
 
 
@@ -40,8 +41,8 @@ def test_draw_run_batches_takes_disjoint_batches_from_a_seeded_pool():
 
 def test_analysis_records_every_layer_and_run_and_omega():
     model = tiny_model()
-    sens = analyze(model, windows(), COLLATE, seed=0, with_trace=True, trace_samples=4, landscape_layers=[1],
-                   landscape_points=5, **FAST)
+    sens = analyze(model, windows(), COLLATE, S(seed=0, with_trace=True, trace_samples=4, landscape_layers=[1],
+                   landscape_points=5, **FAST))
     assert sens.layers == ["encoder.layer.0", "encoder.layer.1"]
     assert len(sens.eigenvalues) == 3 and all(len(r) == 2 for r in sens.eigenvalues)
     lam = torch.tensor(sens.eigenvalues, dtype=torch.float64)
@@ -62,9 +63,9 @@ def test_analysis_records_every_layer_and_run_and_omega():
 def test_analysis_is_deterministic_and_leaves_the_weights_alone():
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    a = analyze(model, windows(), COLLATE, seed=3, landscape_layers=None, landscape_points=5, **FAST)
-    b = analyze(model, windows(), COLLATE, seed=3, landscape_layers=(), **FAST)
-    c = analyze(model, windows(), COLLATE, seed=4, landscape_layers=(), **FAST)
+    a = analyze(model, windows(), COLLATE, S(seed=3, landscape_layers=None, landscape_points=5, **FAST))
+    b = analyze(model, windows(), COLLATE, S(seed=3, landscape_layers=(), **FAST))
+    c = analyze(model, windows(), COLLATE, S(seed=4, landscape_layers=(), **FAST))
     assert a.eigenvalues == b.eigenvalues and a.batches == b.batches
     assert c.batches != a.batches
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -73,15 +74,15 @@ def test_analysis_is_deterministic_and_leaves_the_weights_alone():
 def test_no_convergence_warns_with_layer_and_run_or_raises(caplog):
     model = tiny_model()
     with caplog.at_level(logging.WARNING):
-        sens = analyze(model, windows(), COLLATE, seed=0, fraction=0.5, runs=1, batch_size=4, max_iters=2,
-                       tol=1e-12, progress=False, landscape_layers=())
+        sens = analyze(model, windows(), COLLATE, S(seed=0, fraction=0.5, runs=1, batch_size=4, max_iters=2,
+                       tol=1e-12, progress=False, landscape_layers=()))
     assert sens.converged == [[False, False]]
     assert "encoder.layer.0, run 0: power iteration did not converge" in caplog.text
     assert "encoder.layer.1, run 0: power iteration did not converge" in caplog.text
     assert len([r for r in caplog.records if "did not converge" in r.getMessage()]) == 1  # one warning, every case
     with pytest.raises(SensitivityError, match=r"encoder.layer.0, run 0: .*did not converge"):
-        analyze(model, windows(), COLLATE, seed=0, fraction=0.5, runs=1, batch_size=4, max_iters=2, tol=1e-12,
-                on_no_convergence="error", progress=False, landscape_layers=())
+        analyze(model, windows(), COLLATE, S(seed=0, fraction=0.5, runs=1, batch_size=4, max_iters=2, tol=1e-12,
+                on_no_convergence="error", progress=False, landscape_layers=()))
 
 
 def test_a_non_finite_estimate_names_layer_and_run():
@@ -89,11 +90,11 @@ def test_a_non_finite_estimate_names_layer_and_run():
     with torch.no_grad():
         model.bert.encoder.layer[1].output.dense.weight[0, 0] = float("inf")
     with pytest.raises(SensitivityError, match=r"encoder.layer.\d, run 0: non-finite"):
-        analyze(model, windows(), COLLATE, seed=0, landscape_layers=(), **{**FAST, "runs": 1})
+        analyze(model, windows(), COLLATE, S(seed=0, landscape_layers=(), **{**FAST, "runs": 1}))
 
 
 def test_sensitivity_round_trips_through_json_and_the_cache(tmp_path):
-    sens = analyze(tiny_model(), windows(), COLLATE, seed=0, landscape_layers=(), **FAST)
+    sens = analyze(tiny_model(), windows(), COLLATE, S(seed=0, landscape_layers=(), **FAST))
     sens.settings = {"cache_key": "abc"}
     path = cache.cache_path(tmp_path, "sst2_tiny", "abc")
     cache.save(path, sens)

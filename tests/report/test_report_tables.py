@@ -17,6 +17,17 @@ from qbert.report.paper import PaperNumbers
 from qbert.report.tables import build_tables, markdown, to_csv
 
 
+def qmap_for(method: str, w_bits: int, groups: int, layer_bits=None, layers: int = 4) -> dict:
+    """The quantization map such a run records: two Linears per encoder layer, word embeddings."""
+    if method == "none":
+        return {}
+    bits = list(layer_bits) if layer_bits else [w_bits] * layers
+    qmap = {f"bert.encoder.layer.{i}.{m}": {"w_bits": b, "a_bits": 8, "groups": groups}
+            for i, b in enumerate(bits) for m in ("attention.self.query", "output.dense")}
+    qmap["bert.embeddings.word_embeddings"] = {"w_bits": 8, "a_bits": 32, "groups": 1}
+    return qmap
+
+
 def write_job(folder: Path, method: str, value: float, seed: int, *, w_bits: int = 8, groups: int = 128,
               task: str = "sst2", init_from: str | None = None, experiment: str = "exp", extra_quant=None,
               mixed_precision=None, reused_from=None, chash: str | None = None) -> Path:
@@ -32,6 +43,7 @@ def write_job(folder: Path, method: str, value: float, seed: int, *, w_bits: int
         "metrics": {"dev": {"accuracy": value}}, "size": {"encoder": {"mib": 40.0 * w_bits / 32}},
         "weights": {"init_from": init_from}, "timing_seconds": {"wall": 10.0},
         "mixed_precision": mixed_precision, "config": config,
+        "quantization_map": qmap_for(method, w_bits, groups, (mixed_precision or {}).get("bits")),
         "data": {"source": "sample", "root": "x", "train": "train", "val": "dev", "test": ["dev"], "protocol_note": ""},
         "git": {"sha": "abc", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": {"accelerator": "cpu"},
     }

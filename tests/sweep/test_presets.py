@@ -12,12 +12,21 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from qbert.config import CONF_DIR, validate
+from qbert import methods
 from qbert_testing import FAST, compose_config
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 TABLE_PRESETS = [p for p in PRESETS if p != "demo"]
-TINY_JOB = [*FAST, "quant.groups=2", "hessian.runs=2", "hessian.batch_size=4", "hessian.fraction=0.5",
-            "hessian.max_iters=3", "hessian.plots=false", "quant.calibration_batches=2"]
+TINY_JOB = [*FAST, "hessian.runs=2", "hessian.batch_size=4", "hessian.fraction=0.5", "hessian.max_iters=3",
+            "hessian.plots=false"]
+TINY_QUANT = {"groups": "2", "calibration_batches": "2"}  # where the job's method reads them
+
+
+def tiny_job(overrides: list[str]) -> list[str]:
+    """TINY_JOB plus the small quant settings the job's method reads (others would be refused)."""
+    run = validate(compose_config(overrides))
+    reads = methods.get(run.quant.method).reads_when(run.eval_only)
+    return [*TINY_JOB, *(f"quant.{k}={v}" for k, v in TINY_QUANT.items() if k in reads)]
 
 
 def sweep_params(preset: str) -> dict[str, list[str]]:
@@ -74,7 +83,8 @@ def test_one_job_of_each_preset_runs(preset, tmp_path):
     combos = jobs(preset)
     # the richest job: Q-BERT MP where the preset has it (the Hessian analysis on every task)
     combo = next((c for c in combos if "row=qbert_mp_2_3" in c), combos[-1])
-    cfg = compose_config([f"experiment={preset}", *combo, *TINY_JOB, f"finetuned_dir={tmp_path / 'ft'}",
+    cfg = compose_config([f"experiment={preset}", *combo, *tiny_job([f"experiment={preset}", *combo]),
+                          f"finetuned_dir={tmp_path / 'ft'}",
                           f"hessian.cache_dir={tmp_path / 'hessian'}"], output_dir=tmp_path / "job")
     results = run(cfg)
     assert results["experiment"] == preset and results["steps"] >= 1

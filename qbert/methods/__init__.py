@@ -1,0 +1,112 @@
+"""The quantization methods, each declared once: ``quant.method`` -> a ``Method``.
+
+A method module in this package declares its name, the ``quant.*`` settings it reads, the paper
+it belongs to (``family``: which paper table its rows join), how a table names its rows, and the
+precision plan it builds. Adding a method is one module here plus one ``conf/quant/<name>.yaml``;
+modules are found by name, nothing else is edited.
+
+Every ``quant.*`` setting a method does not read must keep its schema default: validation refuses
+anything else at start, naming the key and the method (``unread_settings``), so no setting is ever
+silently ignored. Declarations import no torch (reports read them); plan builders import
+``qbert.quant`` when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+LayerBits = Optional[Sequence[int]]
+# QAT recipe: read by every method that trains (not by post-training or full precision)
+TRAINING = frozenset({"epochs", "lr", "max_steps"})
+# activation ranges from training batches before an eval-only (post-training) run
+CALIBRATION = frozenset({"calibration_batches"})
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # quant.method
+    family: str  # the paper whose tables its rows join: qbert | q8bert | mkq
+    reads: frozenset[str]  # the quant.* settings it reads (method itself aside)
+    build: Callable[[Any, int, LayerBits], Any]  # (QuantConfig, num_heads, layer widths) -> Plan | None
+    label: Callable[[Mapping[str, Any]], str]  # resolved run config -> the name a table prints
+    trains: bool = True  # False: post-training only (eval_only)
+    note: str = ""  # what it fixes, for the error message (e.g. "8-bit by definition")
+
+    def reads_when(self, eval_only: bool) -> frozenset[str]:
+        """The settings read in a run: the QAT recipe only when it trains, calibration only
+        after quantizing without training."""
+        extra = set()
+        if not eval_only and self.trains:
+            extra |= TRAINING
+        if eval_only:
+            extra |= CALIBRATION
+        return self.reads | extra
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
+        raise ValueError(f"quantization method {method.name!r} is declared twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def methods() -> dict[str, Method]:
+    if not _REGISTRY:
+        _discover()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> Method:
+    known = methods()
+    if name not in known:
+        raise ValueError(f"config key 'quant.method': unknown method {name!r} (known: {sorted(known)})")
+    return known[name]
+
+
+def unread_settings(quant: Any, eval_only: bool) -> list[str]:
+    """The ``quant.*`` settings that differ from their schema default although the method does
+    not read them; each as an error line naming key, value and method."""
+    method = get(quant.method)
+    reads = method.reads_when(eval_only)
+    errors = []
+    for f in dataclasses.fields(quant):
+        if f.name == "method" or f.name in reads:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = getattr(quant, f.name)
+        if value != default:
+            why = method.note or f"it reads {', '.join(sorted(reads)) or 'no quant.* setting'}"
+            when = " in an eval_only run" if eval_only and f.name in TRAINING else ""
+            errors.append(f"config key 'quant.{f.name}': {value!r} is not read by quant={method.name}{when} "
+                          f"({why}); leave it at its default ({default!r}) or choose a method that reads it")
+    return errors
+
+
+def plan_for(quant: Any, num_heads: int, layer_bits: LayerBits = None):
+    """The precision plan of ``quant.method`` (None: full precision). ``layer_bits``: per-layer
+    widths of a mixed-precision method (from the Hessian analysis)."""
+    return get(quant.method).build(quant, num_heads, layer_bits)
+
+
+def label(config: Mapping[str, Any]) -> str:
+    """How a table names a run's method, from its resolved config (a dict)."""
+    name = ((config.get("quant") or {}).get("method")) or "none"
+    known = methods()
+    return known[name].label(config) if name in known else name
+
+
+def family(name: str) -> str:
+    known = methods()
+    return known[name].family if name in known else "qbert"

@@ -1,0 +1,31 @@
+"""Q-BERT MP: group-wise ranges, per-layer widths from the Hessian analysis (rule, ILP or given)."""
+
+from qbert.methods import Method, register
+
+
+def build(quant, num_heads, layer_bits):
+    from qbert.quant.bert_plans import layerwise_plan
+    if not layer_bits:
+        raise ValueError("quant=qbert_mp needs per-layer widths (qbert.hessian.mixed_precision)")
+    return layerwise_plan(list(layer_bits), quant.e_bits, quant.a_bits, groups=quant.groups,
+                          symmetric=quant.symmetric, heads_as_groups=quant.heads_as_groups, num_heads=num_heads)
+
+
+def label(config):
+    quant = config.get("quant") or {}
+    allocation = quant.get("allocation", "rule")
+    by_trace = (config.get("hessian") or {}).get("sensitivity") == "trace" and allocation != "manual"
+    suffix = " (trace)" if by_trace else ""
+    if allocation == "ilp":
+        return f"Q-BERT MP ILP{suffix}"
+    if allocation == "manual":
+        return "Q-BERT MP manual"
+    return f"Q-BERT MP{suffix}"
+
+
+METHOD = register(Method(
+    name="qbert_mp", family="qbert",
+    reads=frozenset({"w_bits", "high_bits", "high_layers", "avg_bits", "allocation", "size_budget_mb",
+                     "bit_choices", "layer_bits", "e_bits", "a_bits", "groups", "heads_as_groups", "symmetric"}),
+    build=build, label=label,
+))
