@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 
 def _register_with_transformers() -> None:
+    if "qbert.hf" in sys.modules and not hasattr(sys.modules["qbert.hf"], "register"):
+        return  # qbert.hf is importing transformers itself; it registers when its import finishes
     try:
         from qbert import hf
         hf.register()

@@ -178,3 +178,7 @@ def mark_packed(model, source: str) -> None:
     quantizer = PackedHfQuantizer(PackedQuantizationConfig(source=source))
     model.hf_quantizer = quantizer
     model.config.quantization_config = quantizer.quantization_config
+
+
+# Whoever imports this module first (qbert's post-import hook or qbert.export) gets it registered.
+register()

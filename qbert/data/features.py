@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
+
 from transformers import PreTrainedTokenizerBase
 
-from qbert.config import TaskConfig
+if TYPE_CHECKING:  # a type only: the Hessian analysis imports this module and stays free of Hydra
+    from qbert.config import TaskConfig
 
 IGNORE_INDEX = -100  # positions that carry no label (special tokens, later sub-tokens)
 NON_MODEL_KEYS = ("feature_index",)  # bookkeeping each window carries for decoding predictions

@@ -4,10 +4,19 @@ against the accounting (``report``), and integer inference backends (``int8_cpu`
 and tinygemm int4 weight-only modules).
 """
 
-from qbert.export.exporter import export_packed, load_run_model
-from qbert.export.loader import load_packed
-from qbert.export.packed_file import FORMAT, PackedFileError, read_packed, write_packed
-from qbert.export.packing import pack, packed_nbytes, unpack
+from importlib import import_module
 
-__all__ = ["FORMAT", "PackedFileError", "export_packed", "load_packed", "load_run_model", "pack",
-           "packed_nbytes", "read_packed", "unpack", "write_packed"]
+# Loaded on first use, so that ``qbert-export`` (qbert.export.cli) can silence other libraries'
+# import-time noise before torch and torchao are imported.
+_WHERE = {
+    "export_packed": "exporter", "load_run_model": "exporter", "load_packed": "loader",
+    "FORMAT": "packed_file", "PackedFileError": "packed_file", "read_packed": "packed_file",
+    "write_packed": "packed_file", "pack": "packing", "packed_nbytes": "packing", "unpack": "packing",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'qbert.export' has no attribute {name!r}")
+    return getattr(import_module(f"qbert.export.{_WHERE[name]}"), name)

@@ -13,7 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+from qbert.quiet import quiet
+
+quiet()  # before torch and torchao print their import-time notes
+
+import torch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ class Section:
     notes: list[str] = field(default_factory=list)  # plain-text paragraphs (escaped)
     tables: list[Table] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)  # image files to embed, captioned by file name
+    markdown: str = ""  # Markdown rendered as HTML after the notes (raw HTML in it is escaped)
 
 
 def format_cell(value: Any, digits: int = 2) -> tuple[str, float | None]:
@@ -131,6 +132,12 @@ def _table_html(table: Table, table_id: str) -> str:
             f'<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(body) + "\n</tbody>\n</table>\n</div>")
 
 
+def render_markdown_html(text: str) -> str:
+    """CommonMark plus tables; HTML inside the Markdown is shown as text, never run."""
+    from markdown_it import MarkdownIt
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
 def render_dashboard(title: str, sections: list[Section], subtitle: str = "") -> str:
     """The whole page as one string. Raises before producing anything if an image is missing."""
     esc = html.escape
@@ -141,6 +148,8 @@ def render_dashboard(title: str, sections: list[Section], subtitle: str = "") ->
         toc.append(f'<li><a href="#{sid}">{esc(section.title)}</a></li>')
         body = [f'<section class="qbert-section" id="{sid}">', f"<h2>{esc(section.title)}</h2>"]
         body += [f'<p class="note">{esc(note)}</p>' for note in section.notes]
+        if section.markdown:
+            body.append(f'<div class="qbert-markdown">{render_markdown_html(section.markdown)}</div>')
         body += [_table_html(t, f"{sid}-table-{j}") for j, t in enumerate(section.tables)]
         if section.images:
             figures = [f'<figure class="qbert-figure"><img src="{_image_uri(p)}" alt="{esc(Path(p).name)}">'
@@ -179,7 +188,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
-       background: #fff; margin: 0 auto; padding: 1rem 1.5rem 3rem; max-width: 1200px; }
+       background: #fff; margin: 0 auto; padding: 1rem 1.5rem 3rem; max-width: 1500px; }
 h1 { font-size: 1.6rem; margin: .2rem 0; } h2 { font-size: 1.25rem; margin: 1.6rem 0 .5rem;
   border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; }
 .subtitle { color: #57606a; margin: 0 0 .3rem; } .hint { color: #6e7781; font-size: .85rem; margin: 0; }
@@ -193,7 +202,8 @@ h1 { font-size: 1.6rem; margin: .2rem 0; } h2 { font-size: 1.25rem; margin: 1.6r
 table.qbert-table { border-collapse: collapse; font-size: .9rem; font-variant-numeric: tabular-nums; }
 .qbert-table caption { caption-side: top; text-align: left; font-weight: 600; padding: .2rem 0; }
 .qbert-table th, .qbert-table td { border: 1px solid #d0d7de; padding: .2rem .55rem; }
-.qbert-table th { background: #f6f8fa; cursor: pointer; user-select: none; white-space: nowrap; text-align: left; }
+.qbert-table th { background: #f6f8fa; cursor: pointer; user-select: none; text-align: left;
+  vertical-align: bottom; min-width: 3.5em; max-width: 9em; }
 .qbert-table th:hover { background: #eaeef2; } .sort-mark { margin-left: .25rem; font-size: .75em; color: #57606a; }
 .qbert-table td.num { text-align: right; } .qbert-table td.empty { background: #fbfbfb; }
 .qbert-table tbody tr:nth-child(even) { background: #fafbfc; } .qbert-table tbody tr:hover { background: #fff8c5; }
@@ -202,6 +212,10 @@ table.qbert-table { border-collapse: collapse; font-size: .9rem; font-variant-nu
 .qbert-table tr.best td { font-weight: 600; }
 .qbert-figures { display: flex; flex-wrap: wrap; gap: 1rem; }
 .qbert-figure { margin: 0; } .qbert-figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+.qbert-markdown { max-width: 110ch; overflow-x: auto; } .qbert-markdown code { background: #f6f8fa; padding: 0 .2em; }
+.qbert-markdown pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; }
+.qbert-markdown table { border-collapse: collapse; font-size: .85rem; }
+.qbert-markdown th, .qbert-markdown td { border: 1px solid #d0d7de; padding: .15rem .45rem; }
 .qbert-figure figcaption { font-size: .8rem; color: #57606a; text-align: center; }
 """
 

@@ -129,7 +129,8 @@ def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps
            + ", ".join(f"`{f}`" for f in folders) + ".", ""]
     out += ["## Results: ours beside the paper", "",
             "Mean ± sample std over seeds; Δ against our own baseline (same model, data and seeds); the paper's "
-            "value and its Δ against the paper's baseline. Our model is not the paper's: compare the Δ columns.", ""]
+            "value and its Δ against the paper's baseline. Our model is not the paper's: compare the Δ columns. "
+            "Sizes: ours in MiB (2^20 bytes); the paper's as printed in its tables, in MB.", ""]
     for table in tables:
         out += [markdown(table), ""]
     out += ["## Seeds and variance", "", "| table | method | w-bits | seeds | values | mean | std |", "|---|---|---|---|---|---|---|"]
