@@ -8,6 +8,8 @@ dataclasses (Hydra itself never calls ``__post_init__``).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -473,8 +475,32 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
 
 
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys the schema does not have (added with Hydra's ``+``, which bypasses the schema): each
+    with the closest known key, if any."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []  # a free-form mapping (e.g. a plan): any key is allowed
+    known = [f.name for f in dataclasses.fields(schema)]
+    found = []
+    for key in node.keys():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            found.append(f"config key '{prefix}{key}'" + (f" (did you mean '{prefix}{close[0]}'?)" if close else ""))
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found += unknown_keys(child, f"{prefix}{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> RunConfig:
-    """Turn a composed config into typed dataclasses, running every range check once."""
+    """Turn a composed config into typed dataclasses, running every range check once. A key the
+    schema does not have is refused: it would be stored in results and read by nothing."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError("; ".join(unknown) + ": not a qbert setting, so nothing would read it (keys added with '+' skip the "
+                         "schema's check); see `qbert --cfg job` for the settings")
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig), f"expected a RunConfig, got {type(run).__name__}"
     return run

@@ -200,6 +200,11 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
     qmap = quantization_map(model)
     primary_split = datamodule.splits.test[-1]
     metrics = module.test_metrics
+    primary = metrics.get(primary_split, {}).get(run_cfg.task.metric)
+    if not isinstance(primary, (int, float)) or primary != primary:
+        # a job without its primary metric must fail, never be found later as finished
+        raise RuntimeError(f"no {primary_split}/{run_cfg.task.metric} after testing (got {primary!r}; "
+                           f"metrics: {metrics}): nothing was scored on split {primary_split!r}")
     return {
         "task": run_cfg.task.name,
         "model": run_cfg.model.name,
@@ -208,7 +213,7 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "seed": run_cfg.seed,
         "config_hash": config_hash(config),
         "primary_metric_name": f"{primary_split}/{run_cfg.task.metric}",
-        "primary_metric": metrics.get(primary_split, {}).get(run_cfg.task.metric),
+        "primary_metric": primary,
         "metrics": metrics,
         "val_metrics": module.val_metrics,
         "data": data_provenance(run_cfg.task, run_cfg.data),

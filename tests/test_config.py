@@ -102,3 +102,14 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.partition == "gpu"
     assert cfg.hydra.callbacks.sweep_report._target_ == "qbert.sweep.callbacks.SweepReport"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+optim.lrr=3e-5", "config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("+seeds=3", "config key 'seeds' (did you mean 'seed'?)"),
+    ("+quant.groupz=12", "config key 'quant.groupz' (did you mean 'quant.groups'?)"),
+])
+def test_a_key_added_with_plus_is_refused_not_stored(compose_cfg, override, message):
+    with pytest.raises(ValueError) as err:
+        validate(compose_cfg(["model=tiny", override]))
+    assert message in str(err.value) and "not a qbert setting" in str(err.value)

@@ -39,6 +39,17 @@ LABEL_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_num_labels(task: TaskConfig) -> None:
+    """The head's width must be the data's label count: a wider head trains and scores silently
+    wrong (an SST-2 run with 5 labels scored 0.00)."""
+    names = LABEL_NAMES.get(task.name)
+    expected = len(names) if names else (2 if task.kind == "question_answering" else None)
+    if expected is not None and task.num_labels != expected:
+        raise ValueError(f"config key 'task.num_labels': {task.num_labels} does not match the {expected} "
+                         f"labels of {task.name} ({', '.join(names) if names else 'answer start and end'}); "
+                         f"set task.num_labels={expected}")
+
+
 def splits_of(task: TaskConfig, data: DataConfig):
     return task.hub_splits if data.source == "hub" else task.local_splits
 
@@ -62,11 +73,16 @@ def load_split(task: TaskConfig, data: DataConfig, split: str) -> list:
     if task.name not in READERS:
         raise ValueError(f"config key 'task.name': no reader for {task.name!r} "
                          f"(known: {sorted(READERS)})")
+    check_num_labels(task)
     if data.source == "hub":
         from qbert.data.hub import load_hub_split
         examples = load_hub_split(task.name, split)
     else:
         examples = READERS[task.name](split_file(task, data, split))
+    if not examples:  # header only, or SQuAD's "data": []: nothing to train on or to score
+        where = split_file(task, data, split) if data.source != "hub" else f"hub split {task.name}/{split}"
+        raise ValueError(f"{where}: no examples in split {split!r} of {task.name} "
+                         "(an empty or header-only file?)")
     limit = split_limit(task, data, split)
     return examples[:limit] if limit else examples
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 from qbert.hessian.sensitivity import Sensitivity
+
+log = logging.getLogger(__name__)
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -40,15 +43,23 @@ def cache_path(cache_dir: str | Path, prefix: str, key: str) -> Path:
 
 
 def load(path: Path, expected_key: str) -> Optional[Sensitivity]:
-    """The cached result at ``path``, or None when absent. A file whose recorded key differs (a
-    hand-edited or foreign file) is an error, not silently reused."""
+    """The cached result at ``path``, or None when absent or damaged (a killed writer, a disk
+    fault: recomputed, with a warning naming the file, instead of blocking every MP job of this
+    key). A readable file whose recorded key differs (hand-edited or foreign) is an error, not
+    silently reused."""
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
-    if record.get("settings", {}).get("cache_key") != expected_key:
-        raise ValueError(f"{path}: holds a sensitivity analysis for key "
-                         f"{record.get('settings', {}).get('cache_key')!r}, not {expected_key!r}; remove it")
-    return Sensitivity.from_dict(record)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        recorded_key = record["settings"]["cache_key"]
+        sensitivity = Sensitivity.from_dict(record) if recorded_key == expected_key else None
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.warning("%s: damaged Hessian cache (%s: %s); recomputing the analysis", path, type(err).__name__, err)
+        return None
+    if sensitivity is None:
+        raise ValueError(f"{path}: holds a sensitivity analysis for key {recorded_key!r}, not "
+                         f"{expected_key!r}; remove it")
+    return sensitivity
 
 
 def save(path: Path, sensitivity: Sensitivity) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import yaml
+
 from qbert.report.record import read_json
 from qbert.report.rows import Row, from_error, from_results
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 def _load(path: Path) -> dict | None:
     content = read_json(path)
     if content is None:
-        log.warning("skipping unreadable %s", path)
+        log.warning("skipping %s: not a readable JSON object (damaged or half-written)", path)
     return content
 
 
@@ -39,7 +41,41 @@ def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[
                 content = _load(path)
                 if content:
                     failed.append((path.parent, content))
+        failed += _unfinished(folder)
     return finished, failed
+
+
+def _unfinished(folder: Path) -> list[tuple[Path, dict]]:
+    """Jobs that started (job.json) but left neither results.json nor error.json: killed, or
+    still running. Shown as failed rows with that reason, never dropped without a word."""
+    found = []
+    for path in sorted(folder.glob("**/job.json")):
+        run_dir = path.parent
+        if (run_dir / "results.json").is_file() or (run_dir / "error.json").is_file():
+            continue
+        job = _load(path)
+        if not job or job.get("status") not in ("running", None):
+            continue
+        config = _hydra_config(run_dir / ".hydra" / "config.yaml")
+        found.append((run_dir, {
+            "status": "unfinished", "config_hash": job.get("config_hash", str(run_dir)),
+            "error_type": "Unfinished",
+            "message": "killed, or still running: job.json says it started, no results.json or error.json"
+                       + (" (a checkpoint to resume from exists)" if (run_dir / "checkpoints" / "last.ckpt").is_file() else ""),
+            "task": (config.get("task") or {}).get("name", "?"), "model": (config.get("model") or {}).get("name", "?"),
+            "method": (config.get("quant") or {}).get("method", "none"),
+            "experiment": config.get("experiment_name", "default"), "seed": config.get("seed", 0), "config": config,
+        }))
+    return found
+
+
+def _hydra_config(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        log.warning("%s: unreadable (%s)", path, err)
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def collect_rows(folders: list[Path]) -> list[Row]:

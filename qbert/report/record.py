@@ -54,11 +54,14 @@ def _neutral_values() -> tuple[tuple[str, object], ...]:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None when it is missing, half-written or broken."""
+    """A JSON object's content, or None when the file is missing, half-written, broken, not UTF-8
+    or holds something other than an object (a list, a number): results, job and error files are
+    objects, and a damaged one must be skipped, never crash whoever scans a folder of them."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return content if isinstance(content, dict) else None
 
 
 def write_results(path: Path, results: dict) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import logging
 import time
 import traceback
@@ -69,7 +68,9 @@ def _write_job(run_dir: Path, **fields) -> None:
 
 def reuse(finished: Path, run_dir: Path) -> dict:
     """This job's results are those of an identical finished job: copy them, marked as reused."""
-    results = json.loads((finished / RESULTS_FILE).read_text())
+    results = read_json(finished / RESULTS_FILE)
+    if results is None:  # damaged since find_finished read it
+        raise RuntimeError(f"{finished / RESULTS_FILE}: no longer a readable results file")
     results["reused_from"] = str(finished)
     write_results(run_dir / RESULTS_FILE, results)
     return results

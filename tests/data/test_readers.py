@@ -195,6 +195,8 @@ def broken(edit) -> dict:
      "data[0].paragraphs[1].qas[0]", "expected key 'question'"),
     (lambda d: d["data"][0]["paragraphs"][1]["qas"][0]["answers"][0].update(answer_start=8),
      "data[0].paragraphs[1].qas[0].answers[0]", "outside the context"),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][1].update(answer_start=5),
+     "data[0].paragraphs[0].qas[0].answers[1]", "points at 'at ', not at the answer text 'cat'; the text occurs at 4"),
     (lambda d: d["data"][0]["paragraphs"][0].update(context=7),
      "data[0].paragraphs[0].context", "expected str, found int"),
     (lambda d: d["data"][0]["paragraphs"][0]["qas"][0]["answers"][0].update(answer_start="0"),
@@ -239,3 +241,30 @@ def test_real_data_counts():
     mnli_matched = [e.label for e in mnli(REAL / "mnli/dev_matched.tsv.gz")]
     assert [mnli_matched.count(i) for i in range(3)] == [3_479, 3_123, 3_213]  # README
     assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_gzip_names_its_file_and_line(tmp_path, damage):
+    text = SST2_TEXT + "".join(f"sentence number {i} .\t{i % 2}\n" for i in range(20000))
+    data = gzip.compress(text.encode(), mtime=0)
+    path = tmp_path / "train.tsv.gz"
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(data[:200] + bytes(b ^ 0x5A for b in data[200:400]) + data[400:])
+    with pytest.raises(DataFormatError) as err:
+        sst2(path)
+    assert str(path) in str(err.value) and "gzip" in str(err.value) and "line " in str(err.value)
+
+
+def test_a_damaged_squad_gzip_or_bad_utf8_names_its_file(tmp_path):
+    doc = json.dumps({"version": "1.1", "data": []}).encode()
+    gz = tmp_path / "dev-v1.1.json.gz"
+    gz.write_bytes(gzip.compress(doc * 50, mtime=0)[:-12])
+    with pytest.raises(DataFormatError, match="gzip"):
+        read_squad(gz)
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"version": "1.1", "data": [{"title": "\xff"}]}')
+    with pytest.raises(DataFormatError, match="UTF-8") as err:
+        read_squad(bad)
+    assert str(bad) in str(err.value)

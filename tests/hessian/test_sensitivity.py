@@ -106,6 +106,14 @@ def test_sensitivity_round_trips_through_json_and_the_cache(tmp_path):
         cache.load(path, "xyz")
 
 
+@pytest.mark.parametrize("damage", ['{"omega": [1.0', "[1, 2]", '{"settings": {}}', b"\xff\xfe"])
+def test_a_damaged_hessian_cache_is_recomputed_with_a_warning_naming_it(tmp_path, caplog, damage):
+    path = cache.cache_path(tmp_path, "sst2_tiny", "abc")
+    path.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+    assert cache.load(path, "abc") is None
+    assert any(str(path) in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+
+
 def test_weights_hash_follows_the_weights():
     a, b = tiny_model(seed=0), tiny_model(seed=0)
     assert cache.weights_hash(a) == cache.weights_hash(b)

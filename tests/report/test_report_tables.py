@@ -145,7 +145,7 @@ def test_sweeps_of_one_table_in_parts_merge(sweep, tmp_path):
 
 def test_report_refuses_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no results.json"):
+    with pytest.raises(FileNotFoundError, match="no readable results.json"):
         report([tmp_path / "empty"], tmp_path / "out")
     with pytest.raises(SystemExit):
         report_main([str(tmp_path / "missing")])
@@ -178,3 +178,71 @@ def test_rows_come_in_the_papers_order(tmp_path):
         ("Baseline", "32"), ("DirectQ", "8"), ("Q-BERT", "8"), ("DirectQ", "4"), ("Q-BERT", "4"),
         ("DirectQ", "3"), ("Q-BERT", "3"), ("Q-BERT MP", "2/4 MP"), ("DirectQ", "2"), ("Q-BERT", "2"),
         ("Q-BERT MP", "2/3 MP")]
+
+
+def test_reproducibility_html_renders_its_markdown(sweep, tmp_path):
+    out = tmp_path / "out"
+    assert report_main([str(sweep), "--out", str(out)]) == 0
+    page = (out / "reproducibility.html").read_text()
+    environment = page.split('id="environment-data-protocol"', 1)[1]
+    assert "<li>" in environment and "<code>abc</code>" in environment
+    assert "## " not in environment and "`abc`" not in environment and "- 1" not in environment
+    assert "exp_sst2_minilm_delta_vs_paper.png" in page
+    assert page.count("in MiB (2^20 bytes") >= 1
+
+
+def test_markdown_in_a_dashboard_never_runs_html():
+    from qbert.report.dashboard import render_markdown_html
+    rendered = render_markdown_html("**x** <script>alert(1)</script>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert "<strong>x</strong>" in rendered and "<script>" not in rendered and "<table>" in rendered
+
+
+def test_one_colour_per_method_in_every_plot(sweep, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from qbert.report import figures
+    from qbert.report.figures import method_colour
+    main = ["Baseline", "DirectQ", "Q-BERT", "Q-BERT MP", "Q8BERT", "Dynamic PTQ", "MKQ-BERT", "MKQ-BERT w/o KD"]
+    assert len({method_colour(m) for m in main}) == len(main)
+    assert method_colour("Q-BERT MP ILP") == method_colour("Q-BERT MP 2/3") == method_colour("Q-BERT MP")
+    assert method_colour("something new") == method_colour("something new")
+    sst2 = next(t for t in build_tables(collect_rows([sweep]), PaperNumbers.load()) if t.task == "sst2")
+    seen: dict[str, set] = {}
+    real_save = figures._save
+
+    def record(fig, path):  # colours of every labelled artist, per method, across all plots
+        for ax in fig.axes:
+            for artist in [*ax.lines, *ax.collections, *ax.patches]:
+                label = artist.get_label()
+                if label in main:
+                    colour = artist.get_color() if hasattr(artist, "get_color") else artist.get_facecolor()
+                    colour = colour[0] if getattr(colour, "ndim", 1) == 2 else colour
+                    seen.setdefault(label, set()).add(matplotlib_hex(colour))
+        return real_save(fig, path)
+
+    def matplotlib_hex(c):
+        from matplotlib.colors import to_hex
+        return to_hex(c)
+
+    figures._save = record
+    try:
+        made = figures.table_figures(sst2, tmp_path / "figs")
+    finally:
+        figures._save = real_save
+        plt.close("all")
+    assert any(p.name.endswith("_delta_vs_paper.png") for p in made)
+    assert {"DirectQ", "Q-BERT"} <= set(seen), seen
+    assert all(colours == {method_colour(m)} for m, colours in seen.items()), seen
+
+
+def test_a_killed_job_is_listed_not_dropped(sweep, tmp_path):
+    import yaml
+    killed = sweep / "killed_q2"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / "job.json").write_text(json.dumps({"config_hash": "k1", "status": "running", "started": 1.0}))
+    (killed / ".hydra" / "config.yaml").write_text(yaml.safe_dump({
+        "task": {"name": "sst2", "metric": "accuracy"}, "model": {"name": "minilm"}, "seed": 2,
+        "experiment_name": "exp", "quant": {"method": "qbert", "w_bits": 3, "e_bits": 8, "a_bits": 8, "groups": 128}}))
+    summary = report([sweep], tmp_path / "out")
+    killed_rows = [f for f in summary["failures"] if "Unfinished: killed, or still running" in f]
+    assert len(killed_rows) == 1 and "Q-BERT 3" in killed_rows[0] and "seed 2" in killed_rows[0]
