@@ -26,6 +26,22 @@ def _load(path: Path) -> dict | None:
     return content
 
 
+# What a row is built from: a results file without them would become a wrong row, not a missing one.
+REQUIRED = {"primary_metric_name": str, "config": dict, "config_hash": str, "task": str}
+
+
+def results_problem(results: dict) -> str | None:
+    """Why a results file cannot make a row (None when it can), naming the field."""
+    for key, kind in REQUIRED.items():
+        if not isinstance(results.get(key), kind):
+            found = "missing" if key not in results else f"a {type(results[key]).__name__}"
+            return f"field '{key}' should be a {kind.__name__}, found {found}"
+    metric = results.get("primary_metric")
+    if isinstance(metric, bool) or not isinstance(metric, (int, float)) or metric != metric:
+        return f"field 'primary_metric' should be a number, found {metric!r}"
+    return None
+
+
 def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]]]:
     """(finished, failed) jobs as (folder, content); a failed job later finished counts as finished."""
     finished, failed = [], []
@@ -34,7 +50,10 @@ def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[
             raise FileNotFoundError(f"no such folder: {folder}")
         for path in sorted(folder.glob("**/results.json")):
             content = _load(path)
-            if content and content.get("primary_metric_name"):
+            problem = content and results_problem(content)
+            if problem:
+                log.warning("skipping %s: %s", path, problem)
+            elif content:
                 finished.append((path.parent, content))
         for path in sorted(folder.glob("**/error.json")):
             if not (path.parent / "results.json").is_file():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from qbert.report.collect import results_problem
 from qbert.report.record import config_hash, read_json, write_results
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def find_finished(root: Path, chash: str, exclude: Path | None = None) -> Path |
         if exclude is not None and path.parent == exclude:
             continue
         results = read_json(path)
-        if results and results.get("config_hash") == chash and results.get("primary_metric_name"):
+        if results and results.get("config_hash") == chash and not results_problem(results):
             return path.parent
     return None
 

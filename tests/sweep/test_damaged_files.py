@@ -47,3 +47,24 @@ def test_report_skips_damaged_files_naming_them(tmp_path, caplog, capsys):
     skipped = {r.getMessage() for r in caplog.records}
     for name in ("a", "b", "c"):
         assert any(str(tmp_path / name / "results.json") in m for m in skipped), skipped
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda r: r.pop("config"), "config"),
+    (lambda r: r.update(primary_metric="83.1"), "primary_metric"),
+    (lambda r: r.update(primary_metric=None), "primary_metric"),
+    (lambda r: r.update(config_hash=7), "config_hash"),
+])
+def test_report_skips_a_results_file_it_would_misread(tmp_path, caplog, edit, field):
+    from qbert.report.collect import find_jobs
+    results = {"task": "sst2", "config_hash": "abc", "primary_metric_name": "dev/accuracy",
+               "primary_metric": 83.1, "config": {"quant": {"method": "qbert"}}}
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "results.json").write_text(json.dumps(results))
+    edit(results)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text(json.dumps(results))
+    finished, _ = find_jobs([tmp_path])
+    assert [folder.name for folder, _ in finished] == ["good"]
+    assert any(str(tmp_path / "bad" / "results.json") in r.getMessage() and f"'{field}'" in r.getMessage()
+               for r in caplog.records)
