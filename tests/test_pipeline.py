@@ -124,3 +124,33 @@ def test_fine_tuning_runs_with_dropout_on(compose_cfg, tmp_path, monkeypatch):
     run(compose_cfg(["task=sst2", "model=minilm", "trainer=debug", "trainer.max_steps=1",
                      "data.max_train_samples=8", "data.max_eval_samples=8"], output_dir=tmp_path))
     assert seen == [True]
+
+
+def test_last_checkpoint_is_written_without_validation(compose_cfg, tmp_path, monkeypatch):
+    """The defaults validate nothing and keep no best checkpoint; a job killed in its second epoch
+    must still find checkpoints/last.ckpt from its first (Lightning's save_last alone wrote it
+    only when fit ended)."""
+    import torch
+
+    from qbert.train import trainer as trainer_module
+    seen = []
+    save = trainer_module.SaveLastEachEpoch.on_train_epoch_end
+
+    def recording(self, trainer, module):
+        save(self, trainer, module)
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        seen.append((trainer.current_epoch, state["global_step"]))
+
+    monkeypatch.setattr(trainer_module.SaveLastEachEpoch, "on_train_epoch_end", recording)
+    run(compose_cfg(["task=sst2", *FAST, "trainer.validate=never", "trainer.limit_val_batches=null",
+                     "trainer.save_checkpoints=true", "trainer.max_steps=6", "optim.epochs=2"], output_dir=tmp_path))
+    assert seen == [(0, 3), (1, 6)]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_eval_checkpoint_best_tests_the_best_validation_checkpoint(compose_cfg, tmp_path):
+    results = run(compose_cfg(["task=sst2", *FAST, "trainer.eval_checkpoint=best", "trainer.validate=always",
+                               "trainer.save_checkpoints=true", "trainer.max_steps=6", "optim.epochs=2"],
+                              output_dir=tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert results["primary_metric"] is not None

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from qbert.config import RunConfig
@@ -55,17 +55,33 @@ def build_loggers(run: RunConfig, run_dir: Path, run_name: str, config: dict, qm
                         save_dir=str(run_dir), config=config)]
 
 
+class SaveLastEachEpoch(Callback):
+    """``checkpoints/last.ckpt`` after every training epoch, written atomically. Lightning's own
+    ``save_last`` follows only a top-k save, so without a best checkpoint to keep and without
+    validation (the defaults) it never wrote one, and a killed job restarted from scratch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
 def build_trainer(run: RunConfig, run_dir: Path, loggers: list[Logger]) -> tuple[L.Trainer, ModelCheckpoint | None]:
     t = run.trainer
     validates = t.validates(run.logger.name)
     checkpoint = None
     callbacks = []
     if t.save_checkpoints:
-        # best.ckpt only when something selects it; last.ckpt always (an interrupted job resumes from it)
-        best = t.eval_checkpoint == "best"
-        checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}" if best else None,
-                                     mode="max", save_top_k=1 if best else 0, save_last=True, filename="best")
-        callbacks.append(checkpoint)
+        # last.ckpt always (an interrupted job resumes from it); best.ckpt only when something selects it
+        callbacks.append(SaveLastEachEpoch(run_dir / "checkpoints" / "last.ckpt"))
+        if t.eval_checkpoint == "best":
+            checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}",
+                                         mode="max", save_top_k=1, save_last=False, filename="best")
+            callbacks.append(checkpoint)
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         deterministic=t.deterministic, max_epochs=run.optim.epochs, max_steps=t.max_steps,
@@ -73,7 +89,7 @@ def build_trainer(run: RunConfig, run_dir: Path, loggers: list[Logger]) -> tuple
         limit_test_batches=t.limit_test_batches, val_check_interval=t.val_check_interval,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.enable_progress_bar,
         gradient_clip_val=run.optim.grad_clip or None, logger=loggers or False,
-        callbacks=callbacks, enable_checkpointing=t.save_checkpoints, default_root_dir=str(run_dir),
+        callbacks=callbacks, enable_checkpointing=checkpoint is not None, default_root_dir=str(run_dir),
         num_sanity_val_steps=0, enable_model_summary=False,
     )
     return trainer, checkpoint
