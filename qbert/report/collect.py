@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import yaml
-
-from qbert.report.record import read_json
+from qbert.report.record import read_json, read_yaml
 from qbert.report.rows import Row, from_error, from_results
 
 log = logging.getLogger(__name__)
@@ -89,12 +87,11 @@ def _unfinished(folder: Path) -> list[tuple[Path, dict]]:
 
 
 def _hydra_config(path: Path) -> dict:
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        log.warning("%s: unreadable (%s)", path, err)
+    content = read_yaml(path)
+    if not isinstance(content, dict):
+        log.warning("%s: not a readable config", path)
         return {}
-    return content if isinstance(content, dict) else {}
+    return content
 
 
 def collect_rows(folders: list[Path]) -> list[Row]:

@@ -9,7 +9,9 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
+
+import yaml
 
 from qbert.config import hash_neutral_values
 
@@ -62,6 +64,15 @@ def read_json(path: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return content if isinstance(content, dict) else None
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (Hydra's config, overrides, multirun files), or None when it is
+    missing, not UTF-8 or not YAML: reports skip such a file rather than stop."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
 
 
 def write_results(path: Path, results: dict) -> Path:

@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
-from qbert.report.record import read_json
+from qbert.report.record import read_json, read_yaml
 from qbert.report.rows import Row
 from qbert.report.tables import Table, markdown
 
@@ -42,11 +41,7 @@ class JobInfo:
 
 
 def _overrides(folder: Path) -> list[str]:
-    path = folder / ".hydra" / "overrides.yaml"
-    try:
-        return list(yaml.safe_load(path.read_text()) or [])
-    except (OSError, yaml.YAMLError):
-        return []
+    return list(read_yaml(folder / ".hydra" / "overrides.yaml") or [])
 
 
 def command_line(overrides: list[str], multirun: bool = False) -> str:
@@ -57,9 +52,8 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
     sweeps = []
     for folder in folders:
         for path in sorted(folder.glob("**/multirun.yaml")):
-            try:
-                cfg = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError):
+            cfg = read_yaml(path)
+            if not isinstance(cfg, dict):  # unreadable or not a Hydra multirun file
                 continue
             hydra = cfg.get("hydra") or {}
             task_overrides = ((hydra.get("overrides") or {}).get("task")) or []
