@@ -13,11 +13,15 @@ Tensors (``{m}`` = a quantized module's name in the model):
 Metadata (safetensors keeps string values; ours are JSON): ``format`` (``FORMAT``), ``layout``,
 ``architecture`` (the transformers class), ``config`` (the model config), ``plan`` (the
 quantization map, a valid precision plan), ``modules`` (per quantized module: kind, shape,
-widths, groups, symmetric, weight/input kind) and ``sha256`` (per tensor, of its raw bytes).
+widths, groups, symmetric, weight/input kind), ``sha256`` (per tensor, of its raw bytes) and
+``metadata_sha256`` (per metadata field: one digest for every leaf of ``config``, ``plan`` and
+``modules`` and for ``architecture`` and ``layout``, keyed by its dotted path), so that an edited
+``hidden_act``, ``layer_norm_eps``, ``id2label`` entry or activation width is refused by name.
 
-``read_packed`` refuses, with ``PackedFileError`` naming the file (and tensor), a file that is
-truncated or padded, whose header is not JSON, whose format is unknown, or whose tensors do not
-match their checksums; it returns only after every check passed.
+``read_packed`` refuses, with ``PackedFileError`` naming the file (and tensor or metadata field),
+a file that is truncated or padded, whose header is not JSON, whose format is unknown or older
+than metadata checksums, whose metadata fields were edited, added or removed, or whose tensors do
+not match their checksums; it returns only after every check passed.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from torch import Tensor
 
 from qbert.export.packing import LAYOUT
 
-FORMAT = "qbert.packed/1"
-JSON_KEYS = ("config", "plan", "modules", "sha256")
+FORMAT = "qbert.packed/2"  # /2: metadata checksums (a /1 file cannot show that its metadata is intact)
+JSON_KEYS = ("config", "plan", "modules", "sha256", "metadata_sha256")
+CHECKED_FIELDS = ("config", "plan", "modules", "architecture", "layout")  # covered by metadata_sha256
 
 
 class PackedFileError(ValueError):
@@ -46,6 +51,38 @@ def tensor_sha256(t: Tensor) -> str:
     return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()
 
 
+def _leaves(value: Any, path: str):
+    """``(dotted path, value)`` for every leaf of a JSON value; an empty dict or list is a leaf."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(value, list) and value:
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def metadata_digests(fields: dict[str, Any]) -> dict[str, str]:
+    """One short sha256 per metadata leaf (type and value: ``1`` and ``1.0`` and ``"1"`` differ)."""
+    return {path: hashlib.sha256(json.dumps([type(v).__name__, v], sort_keys=True).encode()).hexdigest()[:16]
+            for name in CHECKED_FIELDS for path, v in _leaves(fields.get(name), name)}
+
+
+def check_metadata(path: Path, fields: dict[str, Any], digests: Any) -> None:
+    """Refuse metadata that differs from what was written, naming the edited, added or removed fields."""
+    if not isinstance(digests, dict):
+        raise PackedFileError(f"{path}: metadata 'metadata_sha256' is not a mapping")
+    now = metadata_digests(fields)
+    edited = sorted(k for k in now.keys() & digests.keys() if now[k] != digests[k])
+    added, removed = sorted(now.keys() - digests.keys()), sorted(digests.keys() - now.keys())
+    if edited or added or removed:
+        parts = [f"{label} {names[:5]}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                 for label, names in (("edited", edited), ("added", added), ("removed", removed)) if names]
+        raise PackedFileError(f"{path}: metadata changed since it was written ({'; '.join(parts)}): "
+                              "the file is corrupted or was edited; export it again")
+
+
 def write_packed(path: str | Path, tensors: dict[str, Tensor], architecture: str, config: dict,
                  plan: dict, modules: dict) -> Path:
     """Write ``tensors`` and the metadata (checksums added here) to ``path``."""
@@ -53,6 +90,9 @@ def write_packed(path: str | Path, tensors: dict[str, Tensor], architecture: str
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta: dict[str, Any] = {"config": config, "plan": plan, "modules": modules,
                             "sha256": {k: tensor_sha256(v) for k, v in tensors.items()}}
+    # Checksum what a reader will decode (a JSON round trip), so tuples and int keys compare equal.
+    fields = json.loads(json.dumps({**meta, "layout": LAYOUT, "architecture": architecture}, sort_keys=True))
+    meta["metadata_sha256"] = metadata_digests(fields)
     metadata = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
     metadata.update(format=FORMAT, layout=LAYOUT, architecture=architecture)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +133,9 @@ def read_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     path = Path(path)
     header = read_header(path)
     raw = header.get("__metadata__") or {}
+    if raw.get("format") == "qbert.packed/1":
+        raise PackedFileError(f"{path}: written by an older qbert (format 'qbert.packed/1', no metadata checksums, "
+                              f"so an edited config cannot be detected): export it again with this version")
     if raw.get("format") != FORMAT:
         raise PackedFileError(f"{path}: not a qbert packed file (format={raw.get('format')!r}, expected {FORMAT!r})")
     meta: dict[str, Any] = dict(raw)
@@ -103,6 +146,7 @@ def read_packed(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             meta[key] = json.loads(raw[key])
         except json.JSONDecodeError as err:
             raise PackedFileError(f"{path}: metadata {key!r} is not JSON ({err})") from None
+    check_metadata(path, meta, meta["metadata_sha256"])
     try:
         tensors = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types

@@ -89,3 +89,59 @@ def test_metadata_round_trip(q8_model, q8_file):
     _, meta = read_packed(q8_file)
     assert meta["plan"] == json.loads(json.dumps(quantization_map(q8_model)))
     assert meta["config"]["num_hidden_layers"] == 2 and meta["architecture"] == "BertForSequenceClassification"
+
+
+def _edit_metadata(path, edit):
+    """Rewrite the file's header with ``edit(metadata)`` applied, tensor bytes untouched (a hand edit)."""
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header["__metadata__"]
+    edit(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _edit_json_field(key, edit):
+    def apply(meta):
+        value = json.loads(meta[key])
+        edit(value)
+        meta[key] = json.dumps(value)
+    return apply
+
+
+@pytest.mark.parametrize("field, edit", [
+    ("config.hidden_act", _edit_json_field("config", lambda c: c.update(hidden_act="relu"))),
+    ("config.layer_norm_eps", _edit_json_field("config", lambda c: c.update(layer_norm_eps=1e-5))),
+    ("config.id2label.0", _edit_json_field("config", lambda c: c["id2label"].update({"0": "positive"}))),
+    (".a_bits", _edit_json_field("modules", lambda m: m[sorted(m)[-1]].update(a_bits=4))),
+    ("architecture", lambda meta: meta.update(architecture="BertForTokenClassification")),
+])
+def test_edited_metadata_refused_naming_the_field(q8_file, field, edit):
+    _edit_metadata(q8_file, edit)
+    with pytest.raises(PackedFileError, match="metadata changed since it was written") as err:
+        load_packed(q8_file)
+    assert field in str(err.value) and str(q8_file) in str(err.value)
+
+
+def test_added_or_removed_metadata_field_refused(q8_file):
+    _edit_metadata(q8_file, _edit_json_field("config", lambda c: c.update(extra_layer_flag=True)))
+    with pytest.raises(PackedFileError, match="added \\['config.extra_layer_flag'\\]"):
+        load_packed(q8_file)
+
+
+def test_file_without_metadata_checksums_refused(q8_file):
+    def downgrade(meta):
+        meta["format"] = "qbert.packed/1"
+        del meta["metadata_sha256"]
+    _edit_metadata(q8_file, downgrade)
+    with pytest.raises(PackedFileError, match="older qbert"):
+        load_packed(q8_file)
+
+
+def test_unedited_header_rewrite_still_loads(q8_file):
+    _edit_metadata(q8_file, lambda meta: None)  # same metadata, header re-serialised
+    load_packed(q8_file)
