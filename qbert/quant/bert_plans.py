@@ -18,6 +18,10 @@ What the builders quantize (Q-BERT quantizes all encoder weights; embeddings at 
 * the task head (``classifier``, ``qa_outputs``) is never matched, so it stays float;
 * LayerNorm, softmax, GELU are never quantized.
 
+Weight ranges and grids (``w_range``: minmax | percentile | mse, with ``percentile``; ``w_grid``:
+restricted | full | asymmetric, None = as ``symmetric`` implies) apply to every weight the plan
+quantizes, embedding tables included; inputs keep ``symmetric`` and min/max EMA ranges.
+
 Plans are data: ``plan_to_dict(plan)`` is what goes into results.json.
 """
 
@@ -57,6 +61,20 @@ def _qkv_groups(groups: Groups, heads_as_groups: bool, num_heads: Optional[int])
     return num_heads
 
 
+def _weight_kw(w_range: Optional[str], w_grid: Optional[str], percentile: float,
+               range: str = "minmax") -> dict[str, Any]:
+    """The QuantSpec fields of a weight's range and grid (only those that differ from what the
+    spec implies anyway, so a default plan's specs stay exactly as they were)."""
+    weight: dict[str, Any] = {}
+    if w_range not in (None, range):
+        weight["w_range"] = w_range
+    if w_grid is not None:
+        weight["w_grid"] = w_grid
+    if percentile != 99.99:
+        weight["percentile"] = percentile
+    return weight
+
+
 def _layer_entries(prefix: Optional[str], i: Optional[int], spec: Optional[QuantSpec],
                    qkv_groups: Groups) -> Plan:
     qkv = None if spec is None else spec.replace(groups=qkv_groups)
@@ -64,10 +82,10 @@ def _layer_entries(prefix: Optional[str], i: Optional[int], spec: Optional[Quant
 
 
 def _embedding_entries(prefix: Optional[str], e_bits: int, e_groups: Groups, symmetric: bool,
-                       token_type: bool, tables: Sequence[str] = ("word", "position")) -> Plan:
+                       token_type: bool, tables: Sequence[str] = ("word", "position"), **weight: Any) -> Plan:
     if e_bits == FLOAT_BITS:
         return []
-    spec = QuantSpec(w_bits=e_bits, groups=e_groups, a_bits=FLOAT_BITS, symmetric=symmetric)
+    spec = QuantSpec(w_bits=e_bits, groups=e_groups, a_bits=FLOAT_BITS, symmetric=symmetric, **weight)
     names = [*tables, "token_type"] if token_type else list(tables)
     return [(_emb(prefix, t), spec) for t in names]
 
@@ -75,13 +93,15 @@ def _embedding_entries(prefix: Optional[str], e_bits: int, e_groups: Groups, sym
 def uniform_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, groups: Groups = 1, *,
                  heads_as_groups: bool = False, num_heads: Optional[int] = None,
                  e_groups: Groups = 1, symmetric: bool = True, range: str = "minmax",
+                 w_range: Optional[str] = None, w_grid: Optional[str] = None, percentile: float = 99.99,
                  quantize_pooler: bool = False, quantize_token_type: bool = False,
                  prefix: Optional[str] = None) -> Plan:
     """Every encoder Linear at ``w_bits`` with ``groups`` (Q/K/V: one group per head if
     ``heads_as_groups``), word+position embeddings at ``e_bits``; see module docstring."""
-    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range)
+    weight = _weight_kw(w_range, w_grid, percentile, range)
+    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range, **weight)
     plan = _layer_entries(prefix, None, spec, _qkv_groups(groups, heads_as_groups, num_heads))
-    plan += _embedding_entries(prefix, e_bits, e_groups, symmetric, quantize_token_type)
+    plan += _embedding_entries(prefix, e_bits, e_groups, symmetric, quantize_token_type, **weight)
     if quantize_pooler:
         plan.append((f"re:{_p(prefix)}pooler\\.dense", spec))
     return plan
@@ -121,7 +141,8 @@ def mkq_plan(w_bits: int = 4, a_bits: int = 4, e_bits: int = 8, groups: Groups =
 def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int = 8,
                    groups: Groups = 128, *, heads_as_groups: bool = False,
                    num_heads: Optional[int] = None, e_groups: Groups = 1, symmetric: bool = True,
-                   range: str = "minmax", prefix: Optional[str] = None) -> Plan:
+                   range: str = "minmax", w_range: Optional[str] = None, w_grid: Optional[str] = None,
+                   percentile: float = 99.99, prefix: Optional[str] = None) -> Plan:
     """Mixed precision: encoder layer ``i`` at ``bits_per_layer[i]`` (32 = keep it float).
 
     An entry per layer, so a model with fewer layers fails ("matches no module"); layers
@@ -130,25 +151,29 @@ def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int =
     if not bits_per_layer:
         raise ValueError("bits_per_layer is empty")
     qkv_groups = _qkv_groups(groups, heads_as_groups, num_heads)
+    weight = _weight_kw(w_range, w_grid, percentile, range)
     plan: Plan = []
     for i, bits in enumerate(bits_per_layer):
         spec = None if bits == FLOAT_BITS else QuantSpec(
-            w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range)
+            w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range, **weight)
         plan += _layer_entries(prefix, i, spec, qkv_groups)
-    return plan + _embedding_entries(prefix, e_bits, e_groups, symmetric, False)
+    return plan + _embedding_entries(prefix, e_bits, e_groups, symmetric, False, **weight)
 
 
 def ablation_plan(module: str, bits: int, *, groups: Groups = 128, a_bits: int = 8,
                   heads_as_groups: bool = False, num_heads: Optional[int] = None,
-                  e_groups: Groups = 1, symmetric: bool = True, prefix: Optional[str] = None) -> Plan:
+                  e_groups: Groups = 1, symmetric: bool = True, w_range: Optional[str] = None,
+                  w_grid: Optional[str] = None, percentile: float = 99.99,
+                  prefix: Optional[str] = None) -> Plan:
     """Quantize one module kind only (Q-BERT's per-module study); everything else float.
 
     ``module``: ``word_embedding`` | ``position_embedding`` | ``self_attention`` (Q/K/V and
     the attention output projection) | ``ffn`` (intermediate and output dense).
     """
+    weight = _weight_kw(w_range, w_grid, percentile)
     if module in ("word_embedding", "position_embedding"):
-        return _embedding_entries(prefix, bits, e_groups, symmetric, False, (module.split("_")[0],))
-    spec = QuantSpec(w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric)
+        return _embedding_entries(prefix, bits, e_groups, symmetric, False, (module.split("_")[0],), **weight)
+    spec = QuantSpec(w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, **weight)
     if module == "self_attention":
         qkv = spec.replace(groups=_qkv_groups(groups, heads_as_groups, num_heads))
         return [(_layer(prefix, None, QKV), qkv), (_layer(prefix, None, ATTN_OUT), spec)]

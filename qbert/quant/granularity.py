@@ -11,6 +11,10 @@ A weight matrix ``[out, in]`` (or an embedding table ``[vocab, dim]``) has its *
 
 Ranges come back shaped ``[G, 1, 1]`` so they broadcast against ``group_view(w)`` =
 ``w.reshape(G, out // G, in)``.
+
+``group_qparams`` also takes the weight-only range ``"mse"``: each group's min/max range scaled
+by the clipping ratio of least squared error on the grid (``primitives.mse_clip_ratio``), or by a
+ratio chosen earlier (``clip_ratio``, what ``WeightQuantizer`` keeps between searches).
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from typing import Union
 
 from torch import Tensor
 
-from qbert.quant.primitives import RangeMethod, compute_qparams, range_from_tensor
+from qbert.quant.primitives import (
+    WEIGHT_RANGE_METHODS,
+    RangeMethod,
+    WeightRangeMethod,
+    compute_qparams,
+    mse_clip_ratio,
+    range_from_tensor,
+)
 
 Groups = Union[int, str]  # a positive int, or "channel" (= number of rows)
 CHANNEL = "channel"
@@ -58,15 +69,34 @@ def group_ranges(
     return range_from_tensor(group_view(w, groups, name), method, percentile, dim=(1, 2))
 
 
+def group_clip_ratio(w: Tensor, groups: Groups, bits: int, symmetric: bool, full: bool = False,
+                     name: str = "tensor") -> Tensor:
+    """Per-group clipping ratio ``[G, 1, 1]`` of least squared error (``mse_clip_ratio``)."""
+    wg = group_view(w, groups, name)
+    lo, hi = range_from_tensor(wg, "minmax", dim=(1, 2))
+    return mse_clip_ratio(wg, lo, hi, bits, symmetric, full, dim=(1, 2))
+
+
 def group_qparams(
     w: Tensor,
     groups: Groups,
     bits: int,
     symmetric: bool,
-    method: RangeMethod = "minmax",
+    method: WeightRangeMethod = "minmax",
     percentile: float = 99.99,
     name: str = "tensor",
+    full: bool = False,
+    clip_ratio: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-group ``(scale, zero_point)``, each ``[G, 1, 1]``."""
-    lo, hi = group_ranges(w, groups, method, percentile, name)
-    return compute_qparams(lo, hi, bits, symmetric)
+    """Per-group ``(scale, zero_point)``, each ``[G, 1, 1]``. ``method="mse"``: the min/max
+    range times ``clip_ratio`` (``[G, 1, 1]``), searched now when it is None."""
+    if method == "mse":
+        lo, hi = group_ranges(w, groups, "minmax", name=name)
+        if clip_ratio is None:
+            clip_ratio = group_clip_ratio(w, groups, bits, symmetric, full, name)
+        lo, hi = lo * clip_ratio, hi * clip_ratio
+    elif method in WEIGHT_RANGE_METHODS:
+        lo, hi = group_ranges(w, groups, method, percentile, name)
+    else:
+        raise ValueError(f"{name}: range={method!r}, expected one of {WEIGHT_RANGE_METHODS}")
+    return compute_qparams(lo, hi, bits, symmetric, full)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantizer
 from qbert.quant.plan import QuantSpec
-from qbert.quant.primitives import FLOAT_BITS, fake_quantize
+from qbert.quant.primitives import FLOAT_BITS, fake_quantize, grid_flags
 from qbert.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
 
@@ -41,7 +41,9 @@ def weight_quantizer_for(spec: QuantSpec, rows: int, name: str, device=None) -> 
         if spec.w_bits == FLOAT_BITS:
             raise ValueError(f"{name}: a learned weight scale needs w_bits < 32")
         return LearnedWeightQuantizer(spec.w_bits, rows, spec.groups, spec.learned, name, device=device)
-    return WeightQuantizer(spec.w_bits, spec.groups, spec.symmetric, spec.range, spec.percentile, name)
+    symmetric, full = grid_flags(spec.weight_grid)
+    return WeightQuantizer(spec.w_bits, spec.groups, symmetric, spec.weight_range, spec.percentile, name,
+                           full=full, rows=rows)
 
 
 def _baked(weight: nn.Parameter, quantizer: nn.Module, bake: bool) -> nn.Parameter:
@@ -132,6 +134,7 @@ class QuantEmbedding(nn.Embedding):
                   device="meta", max_norm=module.max_norm, norm_type=module.norm_type,
                   scale_grad_by_freq=module.scale_grad_by_freq, sparse=module.sparse)
         new.weight = module.weight
+        new.weight_quantizer.to(module.weight.device)  # its mse state, if any
         return new.train(module.training)
 
     def to_float(self, bake: bool = False) -> nn.Embedding:
@@ -154,7 +157,7 @@ class QuantEmbedding(nn.Embedding):
         scale, zero_point = q.qparams(self.weight)  # [G, 1, 1]
         group = ids // (self.num_embeddings // scale.shape[0])
         scale, zero_point = scale.reshape(-1)[group].unsqueeze(-1), zero_point.reshape(-1)[group].unsqueeze(-1)
-        return fake_quantize(rows, scale, zero_point, q.bits, q.symmetric)
+        return fake_quantize(rows, scale, zero_point, q.bits, q.symmetric, q.full)
 
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: QuantLinear, nn.Embedding: QuantEmbedding}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from qbert.quant.granularity import CHANNEL, Groups
-from qbert.quant.primitives import FLOAT_BITS, RANGE_METHODS, SUPPORTED_BITS
+from qbert.quant.primitives import FLOAT_BITS, GRIDS, RANGE_METHODS, SUPPORTED_BITS, WEIGHT_RANGE_METHODS, grid_flags
 
 REGEX_PREFIX = "re:"
 # Gradient rules of a learned scale (qbert.quant.learned): LSQ with its gradient scaling, or
@@ -41,7 +41,13 @@ class QuantSpec:
 
     ``w_bits``/``a_bits``: 2..8 or 32 (= off). ``a_bits`` quantizes a Linear's *input*.
     ``groups``: row groups of the weight (int, or ``"channel"``). ``symmetric`` applies to
-    weights and activations. ``range``: ``"minmax"`` or ``"percentile"`` (then ``percentile``).
+    the input, and to the weight unless ``w_grid`` says otherwise. ``range``: ``"minmax"`` or
+    ``"percentile"`` (then ``percentile``), for the input, and for the weight unless ``w_range``
+    says otherwise. ``w_range``: the weight's own range, ``"minmax"``, ``"percentile"`` or
+    ``"mse"`` (clipping of least squared error on the grid; see ``qbert.quant.quantizers``);
+    None = ``range``. ``w_grid``: the weight's grid, ``"restricted"`` (symmetric
+    ``[-(2^(b-1)-1), 2^(b-1)-1]``), ``"full"`` (symmetric ``[-2^(b-1), 2^(b-1)-1]``) or
+    ``"asymmetric"``; None = restricted when ``symmetric``, else asymmetric.
     ``momentum``: EMA factor of the activation range. ``dynamic``: the activation range is taken
     from each batch at every forward (dynamic post-training quantization; no EMA, no state).
     ``learned``: ``None`` (ranges are statistics: max-abs / EMA) or the gradient rule of a learned
@@ -59,6 +65,23 @@ class QuantSpec:
     momentum: float = 0.9
     dynamic: bool = False
     learned: Optional[str] = None
+    w_range: Optional[str] = None
+    w_grid: Optional[str] = None
+
+    @property
+    def weight_range(self) -> str:
+        """The weight's range method (``w_range``, else ``range``)."""
+        return self.w_range or self.range
+
+    @property
+    def weight_grid(self) -> str:
+        """The weight's grid (``w_grid``, else what ``symmetric`` implies)."""
+        return self.w_grid or ("restricted" if self.symmetric else "asymmetric")
+
+    @property
+    def weight_symmetric(self) -> bool:
+        """Whether the weight has no zero point (a restricted or full symmetric grid)."""
+        return grid_flags(self.weight_grid)[0]
 
     def __post_init__(self) -> None:
         for field in ("w_bits", "a_bits"):
@@ -84,6 +107,13 @@ class QuantSpec:
             raise ValueError(f"QuantSpec.learned={self.learned!r} must be None or one of {SCALE_GRADS}")
         if self.learned is not None and self.dynamic:
             raise ValueError("QuantSpec: a learned scale cannot also be dynamic (per-batch) ranges")
+        if self.w_range is not None and self.w_range not in WEIGHT_RANGE_METHODS:
+            raise ValueError(f"QuantSpec.w_range={self.w_range!r} must be None or one of {WEIGHT_RANGE_METHODS}")
+        if self.w_grid is not None and self.w_grid not in GRIDS:
+            raise ValueError(f"QuantSpec.w_grid={self.w_grid!r} must be None or one of {GRIDS}")
+        if self.learned is not None and (self.w_range is not None or self.w_grid is not None):
+            raise ValueError("QuantSpec: a learned weight scale is its own range on the restricted symmetric grid; "
+                             "w_range and w_grid must stay None")
 
     def replace(self, **changes: Any) -> "QuantSpec":
         return dataclasses.replace(self, **changes)

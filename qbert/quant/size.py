@@ -173,7 +173,7 @@ def account(slots: Iterable[ModuleSlot], specs: Mapping[str, QuantSpec], convent
             b = w if convention == "paper" else FLOAT_BITS
             ovh = 0
             if w < FLOAT_BITS:
-                per_group = 2 if convention == "paper" or not spec.symmetric else 1
+                per_group = 2 if convention == "paper" or not spec.weight_symmetric else 1
                 ovh += resolve_groups(spec.groups, s.rows, s.name) * per_group * FLOAT_BITS
             if convention == "storage" and spec.a_bits < FLOAT_BITS:
                 ovh += 2 * FLOAT_BITS
