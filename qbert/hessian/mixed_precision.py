@@ -24,6 +24,7 @@ from qbert.hessian.allocate import (encoder_mib, ilp_allocation, layer_costs, ru
 from qbert.hessian.hvp import eager_attention
 from qbert.hessian.plots import eigenvalue_boxplot, loss_landscape
 from qbert.hessian.sensitivity import AnalysisSettings, Sensitivity, analyze
+from qbert.methods import weight_range_kw
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
 def _plan_kw(quant: QuantConfig, config) -> dict[str, Any]:
     """What ``layerwise_plan`` needs besides widths and groups, as ``plan_for`` would pass it."""
     return {"heads_as_groups": quant.heads_as_groups, "num_heads": config.num_attention_heads,
-            "symmetric": quant.symmetric}
+            "symmetric": quant.symmetric, **weight_range_kw(quant)}
 
 
 def allocate(sens: Sensitivity, model: nn.Module, quant: QuantConfig, kind: str) -> dict[str, Any]:

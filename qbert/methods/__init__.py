@@ -24,6 +24,8 @@ LayerBits = Optional[Sequence[int]]
 TRAINING = frozenset({"epochs", "lr", "max_steps"})
 # activation ranges from training batches before an eval-only (post-training) run
 CALIBRATION = frozenset({"calibration_batches"})
+# how weight ranges and grids are chosen (statistics-range methods: qbert, qbert_mp, directq, ablation)
+WEIGHT_RANGES = frozenset({"w_range", "w_percentile", "w_grid"})
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,30 @@ def unread_settings(quant: Any, eval_only: bool) -> list[str]:
             errors.append(f"config key 'quant.{f.name}': {value!r} is not read by quant={method.name}{when} "
                           f"({why}); leave it at its default ({default!r}) or choose a method that reads it")
     return errors
+
+
+def weight_range_kw(quant: Any) -> dict[str, Any]:
+    """The plan builders' keyword arguments for ``quant.w_range``/``w_percentile``/``w_grid``."""
+    return {"w_range": quant.w_range, "w_grid": quant.w_grid, "percentile": quant.w_percentile}
+
+
+def weight_range_label(quant: Mapping[str, Any]) -> list[str]:
+    """What a table adds to a method's name when its weight ranges are not the paper's (a
+    resolved ``quant`` section; empty for the defaults and for configs from before the keys)."""
+    parts = []
+    w_range = quant.get("w_range") or "minmax"
+    if w_range == "percentile":
+        parts.append(f"p{quant.get('w_percentile', 99.99):g} ranges")
+    elif w_range != "minmax":
+        parts.append(f"{w_range} ranges")
+    if quant.get("w_grid"):
+        parts.append(f"{quant['w_grid']} grid")
+    return parts
+
+
+def with_suffix(name: str, parts: Sequence[str]) -> str:
+    """``"Q-BERT"`` + ``["mse ranges"]`` -> ``"Q-BERT (mse ranges)"``."""
+    return f"{name} ({', '.join(parts)})" if parts else name
 
 
 def plan_for(quant: Any, num_heads: int, layer_bits: LayerBits = None):

@@ -100,3 +100,18 @@ def test_weight_perturbation_falls_with_more_bits():
         groups = 2 if name.rsplit(".", 1)[1] in ("query", "key", "value") else 4
         expected += float((WeightQuantizer(2, groups)(w.detach()) - w.detach()).pow(2).sum())
     assert pert[0, 0] == pytest.approx(expected)
+
+
+def test_weight_perturbation_and_costs_follow_the_weight_range_settings(compose_cfg):
+    from qbert.config import validate
+    from qbert.hessian.mixed_precision import _plan_kw
+    model = tiny_model()
+    quant = validate(compose_cfg(["model=tiny", "quant=qbert_mp", "quant.w_range=mse", "quant.w_grid=full"])).quant
+    kw = _plan_kw(quant, model.config)
+    assert (kw["w_range"], kw["w_grid"], kw["percentile"]) == ("mse", "full", 99.99)
+    minmax = weight_perturbation(model, [2, 3], groups=4, heads_as_groups=True, num_heads=2)
+    mse = weight_perturbation(model, [2, 3], groups=4, **kw)
+    assert (mse < minmax).all()  # the ILP weighs the perturbation the run will have
+    asym = weight_perturbation(model, [2], groups=4, w_grid="asymmetric")
+    cost = layer_costs(model.config, [2], groups=4, w_grid="asymmetric")
+    assert asym.shape == cost.shape == (2, 1)
