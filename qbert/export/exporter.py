@@ -30,7 +30,12 @@ QUANTIZER_KEYS = ("weight_quantizer.", "input_quantizer.")
 
 @torch.no_grad()
 def weight_codes(m: QuantLinear | QuantEmbedding) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(q int32 [rows, cols], scale fp32 [G], zero_point int32 [G] or None)`` of ``Q(W)``."""
+    """``(q int32 [rows, cols], scale fp32 [G], zero_point int32 [G] or None)`` of ``Q(W)``.
+
+    Every weight grid packs exactly: a restricted symmetric grid ``[-(2^(b-1)-1), 2^(b-1)-1]``
+    and a full one ``[-2^(b-1), 2^(b-1)-1]`` both become codes ``q + 2^(b-1)`` (no zero point:
+    the full grid merely uses code 0 too), an asymmetric grid its own codes with the per-group
+    zero points; an mse range is only another step per group."""
     wq, w = m.weight_quantizer, m.weight.detach().float()
     if isinstance(wq, LearnedWeightQuantizer):
         wg = w.reshape(wq.num_groups, -1, w.shape[-1])
@@ -79,7 +84,7 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]
         info: dict[str, Any] = {"kind": "linear" if isinstance(m, QuantLinear) else "embedding",
                                 "shape": list(m.weight.shape), "w_bits": spec.w_bits, "a_bits": spec.a_bits,
                                 "symmetric": spec.symmetric, "input": None, "groups": 1,
-                                "weight": "learned" if isinstance(wq, LearnedWeightQuantizer) else "minmax"}
+                                "weight": "learned" if isinstance(wq, LearnedWeightQuantizer) else wq.range_method}
         if isinstance(m, QuantEmbedding):
             info["padding_idx"] = m.padding_idx
         if spec.w_bits == FLOAT_BITS:

@@ -14,8 +14,9 @@ tensor of ``n`` codes takes exactly ``ceil(n * b / 8)`` bytes. What this means p
 * 5, 6, 7 bits: the same rule (eight codes in ``b`` bytes).
 
 **Codes are unsigned** (``0 .. 2^b - 1``). ``to_codes``/``from_codes`` map the quantizer's
-integer grid onto them: an asymmetric grid is already ``[0, 2^b-1]``; a symmetric (restricted)
-grid ``[-(2^(b-1)-1), 2^(b-1)-1]`` is shifted by ``2^(b-1)``, so code 0 is never used.
+integer grid onto them: an asymmetric grid is already ``[0, 2^b-1]``; a symmetric grid is
+shifted by ``2^(b-1)``: the restricted ``[-(2^(b-1)-1), 2^(b-1)-1]`` never uses code 0, the full
+``[-2^(b-1), 2^(b-1)-1]`` (``quant.w_grid=full``) uses all ``2^b`` codes.
 """
 
 from __future__ import annotations
