@@ -2,7 +2,8 @@
 ``error.json`` only: the report never re-runs or re-evaluates anything).
 
 A job found twice (a re-run sweep copies the results of a finished job, marked reused) counts
-once. A table with no baseline job takes its baseline from the full-precision start the
+once. Jobs without results are listed too: failed (error.json), killed (job.json only) and never
+started (planned by the sweep's multirun.yaml, no folder). A table with no baseline job takes its baseline from the full-precision start the
 quantized jobs were fine-tuned from (``weights.init_from`` in their results).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qbert.report.planned import sweeps_not_started
 from qbert.report.record import read_json, read_yaml
 from qbert.report.rows import Row, from_error, from_results
 
@@ -59,6 +61,7 @@ def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[
                 if content:
                     failed.append((path.parent, content))
         failed += _unfinished(folder)
+        failed += sweeps_not_started(folder)
     return finished, failed
 
 

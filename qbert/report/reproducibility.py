@@ -86,7 +86,9 @@ def job_infos(rows: list[Row], results_by_folder: dict[str, dict]) -> list[JobIn
             continue
         folder = Path(r.path)
         overrides = _overrides(folder)
-        infos.append(JobInfo(str(folder), command_line(overrides) if overrides else "(not a Hydra job folder)",
+        command = (command_line(overrides) if overrides else
+                   "(never started: re-run the sweep's command)" if r.status == "not started" else "(not a Hydra job folder)")
+        infos.append(JobInfo(str(folder), command,
                              r.config_hash, r.seed, r.status, r.wall_seconds, results_by_folder.get(str(folder), {})))
     return infos
 

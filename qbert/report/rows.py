@@ -93,6 +93,10 @@ def _omega(table: Optional[list]) -> Optional[list[float]]:
         return None
 
 
+# job.json / planned-job status -> the row's state (anything else that left no results: failed).
+FAILURE_STATES = {"unfinished": "killed", "not_started": "not started"}
+
+
 def from_error(failure: dict, path: str | None = None) -> Row:
     """A failed job quantized nothing: its row shows the widths its config asked for."""
     config = failure.get("config") or {}
@@ -108,6 +112,7 @@ def from_error(failure: dict, path: str | None = None) -> Row:
         groups=quant.get("groups") if quantized else None,
         metric=(config.get("task") or {}).get("metric", "?"), value=None, size_wo_e_mib=None,
         seed=int(failure.get("seed", 0)), config_hash=failure.get("config_hash", "?"), variant=variant_hash(config),
-        status="failed", error=f"{failure.get('error_type', 'Error')}: {failure.get('message', '')}",
+        status=FAILURE_STATES.get(failure.get("status"), "failed"),
+        error=f"{failure.get('error_type', 'Error')}: {failure.get('message', '')}",
         path=path, family=methods.family(method),
     )

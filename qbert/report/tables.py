@@ -30,6 +30,7 @@ class TableRow:
     size_wo_e_mib: Optional[float]
     family: str
     failed: list[str] = field(default_factory=list)  # "seed 2: ValueError: ..."
+    states: set[str] = field(default_factory=set)  # of the seeds without a value: failed, killed, not started
     layer_bits: Optional[list[int]] = None
     config_hashes: list[str] = field(default_factory=list)
     paper: Optional[PaperCell] = None
@@ -45,7 +46,7 @@ class TableRow:
 
     def shown(self) -> str:
         if self.mean is None:
-            return "failed"
+            return " / ".join(sorted(self.states)) or "failed"
         text = f"{self.mean:.2f}"
         if self.std is not None:
             text += f" ± {self.std:.2f}"
@@ -96,8 +97,9 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
                 method=r.method, w_bits=r.w_bits, mean_w_bits=r.mean_w_bits, e_bits=r.e_bits, a_bits=r.a_bits,
                 groups=r.groups, values=[], seeds=[], size_wo_e_mib=r.size_wo_e_mib, family=r.family,
                 layer_bits=r.layer_bits))
-            if r.status == "failed":
+            if r.status in NO_VALUE_STATES:
                 t.failed.append(f"seed {r.seed}: {r.error}")
+                t.states.add(r.status)
             elif r.seed not in t.seeds:
                 t.values.append(float(r.value))
                 t.seeds.append(r.seed)
@@ -119,6 +121,9 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
         tables.append(Table(experiment, task, model, metric, table_rows, omega, note))
     return tables
 
+
+# Row states of jobs that produced no value (qbert.report.rows.from_error).
+NO_VALUE_STATES = ("failed", "killed", "not started")
 
 COLUMNS = ["Method", "w-bits", "e-bits", "a-bits", "groups", "metric", "Δ vs our baseline",
            "paper", "paper Δ", "Size w/o-e (MiB)", "paper Size w/o-e (MB)", "seeds"]

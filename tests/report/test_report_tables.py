@@ -246,3 +246,54 @@ def test_a_killed_job_is_listed_not_dropped(sweep, tmp_path):
     summary = report([sweep], tmp_path / "out")
     killed_rows = [f for f in summary["failures"] if "Unfinished: killed, or still running" in f]
     assert len(killed_rows) == 1 and "Q-BERT 3" in killed_rows[0] and "seed 2" in killed_rows[0]
+
+
+def _planned_sweep(root: Path, started: dict[str, float]) -> Path:
+    """A sweep folder as Hydra leaves it: multirun.yaml planning rows qbert_w4 and qbert_w3 of the
+    SST-2 preset (seed 1); a job folder (overrides + results) for each row in ``started``."""
+    import yaml
+    from qbert.report.planned import job_config
+    from qbert.report.record import config_hash
+
+    root.mkdir(parents=True)
+    task = ["experiment=qbert_sst2", "seed=1"]
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "max_batch_size": None, "params": {"row": "qbert_w4,qbert_w3", "seed": "1,2,3"}},
+        "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": task}}}))
+    for num, (row, value) in enumerate(started.items()):
+        overrides = [f"row={row}", *task]
+        folder = write_job(root / f"{num}_job", "qbert", value, 1, w_bits=int(row[-1]), experiment="qbert_sst2",
+                           chash=config_hash(job_config(overrides)))
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return root
+
+
+def test_a_never_started_job_is_listed_with_its_row(tmp_path):
+    sweep_dir = _planned_sweep(tmp_path / "sweep", {"qbert_w4": 80.0})  # killed before job 1 (qbert_w3)
+    rows = collect_rows([sweep_dir])
+    missing = [r for r in rows if r.status == "not started"]
+    assert len(missing) == 1, [(r.method, r.w_bits, r.status) for r in rows]
+    assert (missing[0].method, missing[0].w_bits, missing[0].seed) == ("Q-BERT", "3", 1)
+    assert "job 1 (row=qbert_w3) never started" in missing[0].error
+    table = build_tables(rows)[0]
+    assert [t.shown() for t in table.rows if t.w_bits == "3"] == ["not started"]
+    summary = report([sweep_dir], tmp_path / "out")
+    assert any("NotStarted" in f and "Q-BERT 3" in f for f in summary["failures"])
+    assert "never started" in (tmp_path / "out" / "reproducibility.md").read_text()
+
+
+def test_a_job_finished_by_a_later_sweep_is_not_listed_as_never_started(tmp_path):
+    first = _planned_sweep(tmp_path / "first", {"qbert_w4": 80.0})
+    later = _planned_sweep(tmp_path / "later", {"qbert_w4": 80.0, "qbert_w3": 79.0})
+    rows = collect_rows([first, later])
+    assert not [r for r in rows if r.status != "finished"], [(r.method, r.w_bits, r.status) for r in rows]
+
+
+def test_a_damaged_sweep_plan_costs_only_the_never_started_rows(tmp_path, caplog):
+    sweep_dir = _planned_sweep(tmp_path / "sweep", {"qbert_w4": 80.0})
+    (sweep_dir / "multirun.yaml").write_bytes(b"\xff\xfe not yaml")
+    rows = collect_rows([sweep_dir])
+    assert [r.status for r in rows] == ["finished"]
+    assert "multirun.yaml" in caplog.text
