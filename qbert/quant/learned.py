@@ -57,6 +57,24 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum(dim=dims, keepdim=True).reshape(shape) if dims else t.reshape(shape)
 
 
+class _FloorSTE(torch.autograd.Function):
+    """``max(x, floor)`` forward, identity backward: a step pushed to (or below) its floor still
+    gets its gradient, so training can move it back up (``clamp`` would give it 0 there)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, floor: float) -> Tensor:
+        return x.clamp(min=floor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def floor_ste(x: Tensor, floor: float = MIN_SCALE) -> Tensor:
+    """``x`` floored at ``floor`` with a straight-through (identity) gradient."""
+    return _FloorSTE.apply(x, floor)
+
+
 class _LSQFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, offset: Tensor, qmin: int, qmax: int, grad_scale: float) -> Tensor:
@@ -83,11 +101,12 @@ def lsq_fake_quantize(x: Tensor, scale: Tensor, offset: Tensor | float, bits: in
                       grad_scale: float = 1.0) -> Tensor:
     """``round(clamp((x - offset) / scale)) * scale + offset`` with LSQ gradients for all three.
 
-    ``scale`` (and ``offset``) broadcast against ``x``; a non-positive scale is floored at
-    ``MIN_SCALE`` (its gradient then still flows through the floor's identity branch)."""
+    ``scale`` (and ``offset``) broadcast against ``x``; a scale under ``MIN_SCALE`` (zero or
+    negative included) is floored there in the forward pass, and its gradient passes the floor
+    unchanged (straight-through), so a step driven to the floor is still pushed back by the loss."""
     qmin, qmax = qrange(bits, symmetric)
     offset = torch.as_tensor(offset, dtype=x.dtype, device=x.device)
-    scale = scale.clamp(min=MIN_SCALE)
+    scale = floor_ste(scale, MIN_SCALE)
     return _LSQFunction.apply(x, scale, offset, qmin, qmax, grad_scale)
 
 

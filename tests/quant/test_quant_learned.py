@@ -22,6 +22,7 @@ from qbert.quant import (
     quantize_,
 )
 from qbert.quant.learned import mse_range
+from qbert.quant.primitives import MIN_SCALE
 from qbert.train.module import param_groups
 
 X = torch.tensor([0.3, -0.55, 0.1, 1.2, -2.0])
@@ -60,6 +61,34 @@ def test_asymmetric_lsq_plus_gradients_match_a_hand_derivation():
     assert gs.item() == pytest.approx(-0.6, abs=1e-5)
     # dy/db = 1 where clipped: 2 + 5
     assert gb.item() == pytest.approx(7.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("step", [MIN_SCALE, 1e-12, 0.0, -0.1])
+def test_a_step_at_or_below_its_floor_still_gets_the_gradient_that_raises_it(step):
+    # At (or under) MIN_SCALE the forward uses the floor; every |x / s| is then far outside the
+    # 3-bit grid, so all elements are clipped (q = +-3) and y = q * MIN_SCALE ~ 0. The squared
+    # error sum((y - x)^2) falls as the step grows: dL/ds = sum(2 (y - x) q) < 0, and it must
+    # reach the step (a plain clamp gives 0 below the floor).
+    x = X.clone()
+    scale = torch.tensor(step, requires_grad=True)
+    y = lsq_fake_quantize(x, scale, 0.0, 3, True)
+    assert torch.isfinite(y).all() and y.abs().max().item() <= 3 * MIN_SCALE * (1 + 1e-6)
+    (y - x).square().sum().backward()
+    q = torch.sign(x) * 3
+    expected = (2 * (y.detach() - x) * q).sum()
+    assert scale.grad is not None and scale.grad.item() < 0
+    assert scale.grad.item() == pytest.approx(expected.item(), rel=1e-6)
+    # A gradient step therefore moves the step up, off the floor.
+    assert (scale - 0.01 * scale.grad).item() > step
+
+
+def test_a_weight_quantizer_whose_steps_sit_at_the_floor_still_trains_them():
+    w = torch.randn(4, 8)
+    q = LearnedWeightQuantizer(3, rows=4, groups=2)
+    with torch.no_grad():
+        q.scale.fill_(0.0)  # e.g. driven to zero by a large learning rate
+    (q(w) - w).square().sum().backward()
+    assert (q.scale.grad < 0).all()
 
 
 def test_lsq_matches_the_round_pass_formulation_of_the_paper():
