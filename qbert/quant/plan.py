@@ -75,7 +75,10 @@ class QuantSpec:
 
     @property
     def weight_grid(self) -> str:
-        """The weight's grid (``w_grid``, else what ``symmetric`` implies)."""
+        """The weight's grid (``w_grid``, else what ``symmetric`` implies; a learned weight step
+        is always on the restricted symmetric grid, whatever ``symmetric`` says of the input)."""
+        if self.learned is not None:
+            return "restricted"
         return self.w_grid or ("restricted" if self.symmetric else "asymmetric")
 
     @property

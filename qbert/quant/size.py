@@ -17,7 +17,9 @@ Two conventions:
 
 ``"storage"`` (what a deployed qbert model stores)
     Weights at ``w_bits``; biases and LayerNorms fp32; per weight group one fp32 scale, plus an
-    fp32 zero point when asymmetric; two fp32 numbers per activation quantizer.
+    fp32 zero point when the weight's grid is asymmetric (never for a learned step, which is
+    symmetric whatever ``symmetric`` says of the input); two fp32 numbers per activation quantizer
+    (``quant=mkq``: its learned step and offset).
 
 BERT-base (hidden 768, 12 layers, FFN 3072), encoder ("Size w/o-e"), 128 groups per matrix:
 
@@ -228,8 +230,13 @@ def size_from_config(config: Any, plan: Optional[PlanLike] = None, *, convention
 
 
 def model_slots(model: nn.Module) -> tuple[list[ModuleSlot], dict[str, QuantSpec]]:
-    """Slots and applied specs of a real (possibly quantized) model; tied weights count once."""
+    """Slots and applied specs of a real (possibly quantized) model; tied weights count once.
+
+    A quantized module's ranges are charged through its spec (per weight group, per activation
+    quantizer), so the parameters of its quantizers (``quant=mkq``'s learned steps and offsets)
+    are not counted again as modules of their own."""
     seen: set[int] = set()
+    quantized: list[str] = []  # names of QuantLinear / QuantEmbedding modules seen so far
     slots: list[ModuleSlot] = []
     specs: dict[str, QuantSpec] = {}
 
@@ -239,7 +246,11 @@ def model_slots(model: nn.Module) -> tuple[list[ModuleSlot], dict[str, QuantSpec
         seen.add(id(p))
         return p.numel()
 
-    for name, m in model.named_modules():
+    for name, m in model.named_modules():  # a parent comes before its children
+        if any(name.startswith(f"{q}.") for q in quantized):
+            continue  # a quantizer inside a quantized module: its ranges are in the spec's overhead
+        if isinstance(m, (QuantLinear, QuantEmbedding)):
+            quantized.append(name)
         own = dict(m.named_parameters(recurse=False))
         if not own:
             continue

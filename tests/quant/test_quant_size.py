@@ -10,6 +10,7 @@ from qbert.quant import (
     ablation_plan,
     directq_plan,
     layerwise_plan,
+    mkq_plan,
     qbert_plan,
     quantize_,
     size_from_config,
@@ -89,6 +90,7 @@ def test_plan_errors_match_surgery():
     layerwise_plan([2, 3], e_bits=4, groups="channel"),
     ablation_plan("ffn", 2, groups=8),
     ablation_plan("word_embedding", 4, e_groups=4),
+    mkq_plan(4, 4, 8, groups=4),  # learned steps and offsets are parameters of the model
 ])
 def test_model_accounting_equals_config_accounting(make_model, tiny_config, plan, convention):
     model = quantize_(make_model(), plan)
@@ -97,3 +99,38 @@ def test_model_accounting_equals_config_accounting(make_model, tiny_config, plan
     assert from_model.bits == from_config.bits
     assert from_model.overhead_bits == from_config.overhead_bits
     assert BertDims.from_config(tiny_config).hidden == 32
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_mkq_w4a4_size_counted_by_hand(make_model, groups):
+    """What a W4A4 MKQ-BERT of the tiny config (hidden 32, FFN 64, 2 layers, vocab 100, 64
+    positions, 2 labels) with ``groups`` weight groups stores, counted by hand: the learned steps
+    are charged once (as the group ranges, not again as parameters), and the weights are
+    symmetric (no zero point) though the inputs are asymmetric."""
+    model = quantize_(make_model(), mkq_plan(4, 4, 8, groups=groups))
+    G, F = groups, 32
+    # One encoder layer: Q, K, V, attention output (32x32 + 32 bias each), FFN in (64x32 + 64),
+    # FFN out (32x64 + 32), two LayerNorms (32 + 32 each). 6 quantized Linears.
+    weights = 4 * 32 * 32 + 64 * 32 + 32 * 64  # 8,192
+    biases = 4 * 32 + 64 + 32  # 224
+    layernorms = 2 * (32 + 32)  # 128
+    storage_layer = (weights * 4 + biases * F + layernorms * F
+                     + 6 * G * F  # one learned step per weight group, no zero point
+                     + 6 * 2 * F)  # the input's learned step and offset
+    paper_layer = (weights + biases + layernorms) * 4 + 6 * G * 2 * F  # two numbers a group; inputs not counted
+    # Embeddings: word (100x32) and position (64x32) tables at 8 bits with one symmetric max-abs
+    # group each; the token-type table (2x32) and the LayerNorm (32 + 32) stay float.
+    tables, float_emb = 100 * 32 + 64 * 32, 2 * 32 + 64
+    storage_emb = tables * 8 + 2 * F + float_emb * F
+    paper_emb = tables * 8 + 2 * 2 * F + float_emb * F
+    other = (32 * 32 + 32 + 2 * 32 + 2) * F  # pooler and classifier, float
+
+    storage = size_from_model(model, "storage")
+    assert storage.bits == {"encoder": 2 * storage_layer, "embeddings": storage_emb, "other": other}
+    assert storage.overhead_bits["encoder"] == 2 * (6 * G * F + 6 * 2 * F)
+    paper = size_from_model(model, "paper")
+    assert paper.bits == {"encoder": 2 * paper_layer, "embeddings": paper_emb, "other": other}
+    # The learned tensors the counts stand for: one step per group and a step + offset per input.
+    steps = [p for n, p in model.named_parameters() if n.endswith("weight_quantizer.scale")]
+    inputs = [p for n, p in model.named_parameters() if n.startswith("bert.encoder") and "input_quantizer" in n]
+    assert sum(p.numel() for p in steps) == 2 * 6 * G and sum(p.numel() for p in inputs) == 2 * 6 * 2
