@@ -291,7 +291,7 @@ class HessianConfig:
     batch_size: int = 32
     batches_per_run: int = 1  # the Hessian of a run is that of the mean loss over these batches
     max_iters: int = 50  # power-iteration cap
-    tol: float = 1e-3  # relative change of the eigenvalue estimate that counts as converged
+    tol: float = 1e-3  # converged when ||Hv - lam v|| <= tol |lam| (lam then within tol of an eigenvalue)
     on_no_convergence: str = "warn"  # warn (logged with layer and run, recorded) | error
     sensitivity: str = "eigenvalue"  # eigenvalue: |mean| + std of the top eigenvalue (Q-BERT);
     #                                  trace: mean Hutchinson trace per parameter (HAWQ-v2)

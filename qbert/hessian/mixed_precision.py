@@ -21,6 +21,7 @@ from qbert.config import HessianConfig, QuantConfig, RunConfig
 from qbert.hessian import cache
 from qbert.hessian.allocate import (encoder_mib, ilp_allocation, layer_costs, rule_allocation,
                                     weight_perturbation)
+from qbert.hessian.eigen import STOPPING_RULE
 from qbert.hessian.hvp import eager_attention
 from qbert.hessian.plots import eigenvalue_boxplot, loss_landscape
 from qbert.hessian.sensitivity import AnalysisSettings, Sensitivity, analyze
@@ -39,6 +40,10 @@ def analysis_settings(hc: HessianConfig, seed: int) -> dict[str, Any]:
     settings.pop("sensitivity")  # eigenvalues are always computed; the trace only on request
     if not settings["with_trace"]:
         settings.pop("trace_samples")
+    # The power iteration's stopping rule: the residual ||Hv - lam v|| <= tol |lam| (before: the
+    # relative change of lam between steps, recorded without this key). Part of the cache key, so
+    # an analysis stopped by the old rule is never read as one stopped by this one.
+    settings["stop"] = STOPPING_RULE
     return settings
 
 

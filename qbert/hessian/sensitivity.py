@@ -53,6 +53,9 @@ class Sensitivity:
     landscape: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # layer -> eps, loss
     timing: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    # [run][layer] ||H v - lam v|| / |lam| at the last iterate: converged means <= tol (absent in
+    # records written before the residual stopping rule)
+    residuals: list[list[float]] = field(default_factory=list)
 
     @property
     def omega(self) -> list[float]:
@@ -159,6 +162,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
     eig = [[math.nan] * len(blocks) for _ in range(runs)]
     iters = [[0] * len(blocks) for _ in range(runs)]
     conv = [[False] * len(blocks) for _ in range(runs)]
+    resid = [[math.nan] * len(blocks) for _ in range(runs)]
     traces = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
     stderr = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
     losses, landscape = [], {}
@@ -192,7 +196,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
                         traces[r][i], stderr[r][i] = tr.value, tr.stderr
                 except FloatingPointError as err:
                     raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
-                eig[r][i], iters[r][i], conv[r][i] = est.value, est.iterations, est.converged
+                eig[r][i], iters[r][i], conv[r][i], resid[r][i] = est.value, est.iterations, est.converged, est.residual
                 if not est.converged:
                     unconverged.append(_no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence))
                 if r == 0 and i in landscape_layers:
@@ -218,7 +222,7 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
               "setup_over_forward_backward": setup_s / max(fwd_bwd_s, 1e-12),
               "hvp_over_forward_backward": per_hvp / max(fwd_bwd_s / runs / batches_per_run, 1e-12)}
     return Sensitivity(layers, [sum(p.numel() for _, p in b) for b in blocks], eig, iters, conv, traces,
-                       stderr, run_windows, losses, landscape, timing)
+                       stderr, run_windows, losses, landscape, timing, residuals=resid)
 
 
 def _no_convergence(layer: str, run: int, est: EigenEstimate, max_iters: int, tol: float, action: str) -> str:
@@ -226,8 +230,10 @@ def _no_convergence(layer: str, run: int, est: EigenEstimate, max_iters: int, to
     last = ", ".join(f"{x:.4g}" for x in est.history[-3:])
     if action == "error":
         raise SensitivityError(f"{layer}, run {run}: power iteration did not converge to tol={tol} in "
-                               f"{max_iters} iterations (last estimates {last}); raise hessian.max_iters or hessian.tol")
-    return f"{layer}, run {run}: power iteration did not converge (last estimates {last})"
+                               f"{max_iters} iterations (last estimates {last}, relative residual "
+                               f"{est.residual:.2g}); raise hessian.max_iters or hessian.tol")
+    return (f"{layer}, run {run}: power iteration did not converge (last estimates {last}, relative residual "
+            f"{est.residual:.2g})")
 
 
 @torch.no_grad()

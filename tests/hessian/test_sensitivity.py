@@ -54,6 +54,8 @@ def test_analysis_records_every_layer_and_run_and_omega():
     curve = sens.landscape["encoder.layer.1"]
     assert curve["eps"][2] == 0.0 and curve["loss"][2] == pytest.approx(sens.losses[0])  # eps=0: the loss itself
     assert sens.timing["power_hvp_calls"] == sum(map(sum, sens.iterations))
+    for run_res, run_conv in zip(sens.residuals, sens.converged):  # the stopping rule, recorded
+        assert all(res <= FAST["tol"] for res, conv in zip(run_res, run_conv) if conv)
     assert sens.timing["trace_hvp_calls"] == 3 * 2 * 4
     assert model.training is False  # the caller's mode, kept
     table = sens.table()
@@ -104,6 +106,18 @@ def test_sensitivity_round_trips_through_json_and_the_cache(tmp_path):
     assert cache.load(tmp_path / "absent.json", "abc") is None
     with pytest.raises(ValueError, match="not 'xyz'"):
         cache.load(path, "xyz")
+
+
+def test_the_stopping_rule_is_part_of_the_cache_key():
+    # Analyses cached before the residual rule were stopped on the relative change of the estimate
+    # (their settings have no "stop"): their key differs, so they are recomputed, not reused.
+    from qbert.config import HessianConfig
+    from qbert.hessian.mixed_precision import analysis_settings
+    settings = analysis_settings(HessianConfig(), seed=0)
+    assert settings["stop"] == "residual"
+    before = {k: v for k, v in settings.items() if k != "stop"}
+    fields = {"weights": "abc", "task": {"name": "sst2"}}
+    assert cache.cache_key({**fields, "analysis": settings}) != cache.cache_key({**fields, "analysis": before})
 
 
 @pytest.mark.parametrize("damage", ['{"omega": [1.0', "[1, 2]", '{"settings": {}}', b"\xff\xfe"])
