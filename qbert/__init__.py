@@ -13,6 +13,20 @@ import sys
 
 __version__ = "0.1.0"
 
+_after_transformers: list = []  # callbacks run once transformers is imported (see after_transformers_import)
+
+
+def after_transformers_import(callback) -> None:
+    """Run ``callback()`` once transformers is imported: now if it is, else right after its
+    import (whoever imports it). Lets qbert configure transformers without importing it, which
+    costs seconds a command that never builds a model (a refused config, a report) should not pay."""
+    if "transformers" in sys.modules and hasattr(sys.modules["transformers"], "__version__"):
+        callback()
+    else:
+        _after_transformers.append(callback)
+        if not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterTransformersImport())
+
 
 def _register_with_transformers() -> None:
     if "qbert.hf" in sys.modules and not hasattr(sys.modules["qbert.hf"], "register"):
@@ -41,6 +55,8 @@ class _AfterTransformersImport(importlib.abc.MetaPathFinder):
         def exec_then_register(module):
             exec_module(module)
             _register_with_transformers()
+            while _after_transformers:
+                _after_transformers.pop(0)()
 
         spec.loader.exec_module = exec_then_register
         return spec

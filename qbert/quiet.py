@@ -31,8 +31,13 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(level)
     for message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
+    # when transformers is imported, not now: importing it costs seconds a refused config or a
+    # report never needs
+    from qbert import after_transformers_import
+    after_transformers_import(_quiet_transformers)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # "Writing model shards": one file, a bar for nothing

@@ -106,6 +106,8 @@ def test_cli_end_to_end(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300,
                          cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode != 0 and "config key 'optim.lr'" in bad.stderr
+    # a refused input is one line naming the key, not a traceback burying it
+    assert "Traceback" not in bad.stderr and "qbert: error: config key 'optim.lr'" in bad.stderr
 
 
 @pytest.mark.slow

@@ -25,3 +25,16 @@ def test_noise_is_silenced_and_our_warnings_are_kept(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
         warnings.warn("qbert: something the user should see", UserWarning)
     assert [str(w.message) for w in seen] == ["qbert: something the user should see"]
+
+
+def test_quiet_leaves_transformers_unimported_until_someone_imports_it():
+    """quiet() runs first thing in every command; importing transformers there cost a refused
+    config or a report seconds. The progress bar is still turned off once transformers loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom qbert.quiet import quiet\nquiet()\nassert 'transformers' not in sys.modules\n"
+            "import transformers\nfrom transformers.utils import logging\nprint(logging.is_progress_bar_enabled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -108,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="put the jobs of every folder into one table per task (a table swept in parts)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    out = args.out or args.folders[0] / "report"
     try:
-        summary = report(args.folders, args.out or args.folders[0] / "report", args.paper, args.title,
-                         args.as_experiment)
-    except (FileNotFoundError, ValueError) as error:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: a file, not a folder (the report writes several files into it)")
+        summary = report(args.folders, out, args.paper, args.title, args.as_experiment)
+    except (OSError, ValueError) as error:  # a missing or damaged input, an unwritable output: named
         parser.exit(2, f"qbert-report: error: {error}\n")
     print("\n\n".join(summary["markdown"]))
-    out = args.out or args.folders[0] / "report"
     print(f"\n[qbert-report] dashboard: {out / 'dashboard.html'}  report: {out / 'reproducibility.md'}")
     if summary["failures"]:
         print(f"[qbert-report] {len(summary['failures'])} failed job(s): " + "; ".join(summary["failures"]))

@@ -34,10 +34,21 @@ class PaperNumbers:
         path = Path(path or PAPER_NUMBERS)
         if not path.is_file():
             raise FileNotFoundError(f"paper numbers not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ValueError(f"{path}: not a readable YAML file ({' '.join(str(err).split())})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of paper -> its tables, found a {type(data).__name__}")
         for name, paper in data.items():
+            if not isinstance(paper, dict) or not isinstance(paper.get("tasks") or {}, dict):
+                raise ValueError(f"{path}: {name}: expected a mapping with a 'tasks' mapping")
             for task, table in (paper.get("tasks") or {}).items():
+                if not isinstance(table, dict) or not isinstance(table.get("rows") or [], list):
+                    raise ValueError(f"{path}: {name}.tasks.{task}: expected a mapping with a 'rows' list")
                 for i, row in enumerate(table.get("rows") or []):
+                    if not isinstance(row, dict):
+                        raise ValueError(f"{path}: {name}.tasks.{task}.rows[{i}]: expected a mapping, found {row!r}")
                     missing = {"method", "w_bits", "value"} - set(row)
                     if missing:
                         raise ValueError(f"{path}: {name}.tasks.{task}.rows[{i}] lacks {sorted(missing)}")

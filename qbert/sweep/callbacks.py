@@ -1,7 +1,7 @@
 """Hydra callback: when a multirun ends, report on its folder (tables, plots, dashboard,
 reproducibility report), log the table to W&B when the sweep logs there, and fail loudly,
-after reporting, if any job failed (exit status 1: Hydra turns an exception raised in a callback
-into a warning, so the callback exits itself)."""
+after reporting, if any job failed (exit status 1, also with ``sweep.report=false``: Hydra turns
+an exception raised in a callback into a warning, so the callback exits itself)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,16 @@ from omegaconf import DictConfig
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not config.sweep.report:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not config.sweep.report:  # no report, but a failed job still fails the sweep
+            failed = failed_jobs(sweep_dir)
+            if failed:
+                print(f"[qbert] {len(failed)} job(s) of the sweep FAILED (each failed folder has error.json):\n  "
+                      + "\n  ".join(map(str, failed)), file=sys.stderr)
+                raise SystemExit(1)
             return
         from qbert.report.cli import report  # matplotlib etc. only when a report is written
 
-        sweep_dir = Path(config.hydra.sweep.dir)
         out = sweep_dir / "report"
         try:
             summary = report([sweep_dir], out, title=f"{config.experiment_name} ({sweep_dir.name})")
@@ -35,6 +40,11 @@ class SweepReport(Callback):
                   f"the report; each failed folder has error.json):\n  " + "\n  ".join(summary["failures"]),
                   file=sys.stderr)
             raise SystemExit(1)
+
+
+def failed_jobs(sweep_dir: Path) -> list[Path]:
+    """The job folders of this sweep that recorded a failure (error.json) and no results."""
+    return sorted(p.parent for p in sweep_dir.glob("*/error.json") if not (p.parent / "results.json").is_file())
 
 
 def log_report_to_wandb(config: DictConfig, summary: dict, out: Path) -> None:

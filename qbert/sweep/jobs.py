@@ -33,15 +33,28 @@ def job_hash(cfg: DictConfig) -> str:
     return config_hash(OmegaConf.to_container(cfg, resolve=True))
 
 
+_warned: set[str] = set()  # each damaged file is named once per process, not once per job of a sweep
+
+
+def _skip(path: Path, why: str, consequence: str) -> None:
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("skipping %s: %s; %s", path, why, consequence)
+
+
 def find_finished(root: Path, chash: str, exclude: Path | None = None) -> Path | None:
-    """The folder of a finished job with this config hash under ``root`` (first by name)."""
+    """The folder of a finished job with this config hash under ``root`` (first by name). A
+    damaged results file is skipped, naming it: if it was this job's, the job runs again."""
     if not root.is_dir():
         return None
     for path in sorted(root.glob(f"**/{RESULTS_FILE}")):
         if exclude is not None and path.parent == exclude:
             continue
         results = read_json(path)
-        if results and results.get("config_hash") == chash and not results_problem(results):
+        problem = "not a readable JSON object (damaged or half-written)" if results is None else results_problem(results)
+        if problem:
+            _skip(path, problem, "its job, if it is one of this sweep's, runs again")
+        elif results.get("config_hash") == chash:
             return path.parent
     return None
 
@@ -52,12 +65,28 @@ def find_resumable(root: Path, chash: str) -> Path | None:
         return None
     found = []
     for path in root.glob(f"**/{JOB_FILE}"):
-        job = read_json(path)
         ckpt = path.parent / LAST_CHECKPOINT
-        if (job and job.get("config_hash") == chash and ckpt.is_file()
-                and not (path.parent / RESULTS_FILE).is_file()):
-            found.append(ckpt)
+        if not ckpt.is_file() or (path.parent / RESULTS_FILE).is_file():
+            continue  # nothing to resume from, or finished
+        job = read_json(path)
+        if job is None:
+            _skip(path, "not a readable JSON object (damaged or half-written)",
+                  f"its checkpoint {ckpt} cannot be matched to a config and is not resumed")
+        elif job.get("config_hash") == chash:
+            if checkpoint_readable(ckpt):
+                found.append(ckpt)
+            else:
+                _skip(ckpt, "not a readable checkpoint (truncated or damaged)", "its job starts over")
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def checkpoint_readable(path: Path) -> bool:
+    """Whether a checkpoint can be resumed from, as far as a cheap look tells: torch writes a zip
+    archive, and a truncated or overwritten one has no readable zip directory. Resuming from an
+    unreadable one would fail the job every time it is re-run."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def _write_job(run_dir: Path, **fields) -> None:
@@ -99,9 +128,9 @@ def record_failure(run_dir: Path, cfg: DictConfig, chash: str, error: BaseExcept
 def run_job(cfg: DictConfig, multirun: bool) -> dict | None:
     """Run the pipeline on ``cfg`` as one job. In a multirun, finished work is reused, unfinished
     work resumed and a failure recorded instead of raised (unless ``sweep`` says otherwise)."""
-    from qbert.pipeline import run  # heavy imports only when a job really runs
-
     if not multirun:
+        preflight(cfg)
+        from qbert.pipeline import run  # heavy imports only when a job really runs
         return run(cfg)
     sweep = cfg.sweep
     run_dir = Path(cfg.output_dir)
@@ -122,19 +151,46 @@ def run_job(cfg: DictConfig, multirun: bool) -> dict | None:
     _write_job(run_dir, config_hash=chash, status="running", started=time.time(),
                resumed_from=str(resume_from) if resume_from else None)
     try:
+        preflight(cfg)
+        from qbert.pipeline import run  # heavy imports only when a job really runs
         results = run(cfg, resume_from=str(resume_from) if resume_from else None)
     except Exception as error:  # noqa: BLE001 - one failed job must not end the sweep
         _write_job(run_dir, status="failed", ended=time.time())
         if not sweep.isolate_failures:
             raise
         failure = record_failure(run_dir, cfg, chash, error)
-        log.exception("job failed; recorded in %s", run_dir / ERROR_FILE)
+        # the traceback is in error.json: on the console it would bury the message
+        log.error("job failed (%s: %s); traceback and config in %s", failure["error_type"], failure["message"],
+                  run_dir / ERROR_FILE)
         print(f"[qbert] FAILED: {failure['task']} / {failure['method']} seed {failure['seed']}: "
               f"{failure['error_type']}: {failure['message']}  (details: {run_dir / ERROR_FILE})")
         return None
     _write_job(run_dir, status="finished", ended=time.time())
     release_memory()
     return results
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Everything that can be refused before the training stack loads (a few seconds instead
+    of half a minute, and before anything trains): every config check, the folders it starts
+    from (init_from, distill.teacher) existing, and every data file the run will read, through
+    its strict reader (a damaged test split found only after training would throw the training
+    away). Hub data is checked when it is downloaded."""
+    from qbert.config import validate
+    from qbert.data.sources import load_split, splits_of
+
+    run_cfg = validate(cfg)
+    for key, path in (("init_from", run_cfg.init_from), ("distill.teacher", run_cfg.distill.teacher)):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"config key '{key}': {path} does not exist")
+    if run_cfg.data.source == "hub":
+        return
+    splits = splits_of(run_cfg.task, run_cfg.data)
+    # an evaluation-only run reads its test splits (and, to calibrate, its training split: the
+    # calibration batches come from it, and the pipeline names it if it is damaged)
+    needed = [*splits.test] if run_cfg.eval_only else [splits.train, splits.val, *splits.test]
+    for split in dict.fromkeys(needed):
+        load_split(run_cfg.task, run_cfg.data, split)
 
 
 def release_memory() -> None:

@@ -158,6 +158,33 @@ def test_paper_numbers_are_checked(tmp_path):
         PaperNumbers.load(bad)
 
 
+@pytest.mark.parametrize(("content", "said"), [
+    ("qbert: {tasks: [unclosed\n", "not a readable YAML file"),
+    ("- qbert\n- q8bert\n", "expected a mapping of paper -> its tables, found a list"),
+    ("qbert:\n  tasks:\n    sst2: [1, 2]\n", "qbert.tasks.sst2: expected a mapping with a 'rows' list"),
+    ("qbert:\n  tasks:\n    sst2:\n      rows: [DirectQ]\n", "qbert.tasks.sst2.rows[0]: expected a mapping"),
+])
+def test_paper_numbers_that_are_not_a_table_are_refused_naming_the_file(tmp_path, capsys, content, said):
+    bad = tmp_path / "paper.yaml"
+    bad.write_bytes(content.encode())
+    with pytest.raises(ValueError) as err:
+        PaperNumbers.load(bad)
+    assert str(bad) in str(err.value) and said in str(err.value)
+    (tmp_path / "sweep").mkdir()
+    with pytest.raises(SystemExit) as exit_:  # the command line says it in one line, no traceback
+        report_main([str(tmp_path / "sweep"), "--paper", str(bad)])
+    assert exit_.value.code == 2 and f"qbert-report: error: {bad}" in capsys.readouterr().err
+
+
+def test_report_refuses_an_out_path_that_is_a_file(sweep, tmp_path, capsys):
+    out = tmp_path / "report.txt"
+    out.write_text("not a folder\n")
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(sweep), "--out", str(out)])
+    assert exit_.value.code == 2 and f"--out {out}: a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "not a folder\n"
+
+
 def test_pareto_front():
     points = [(10.0, 80.0), (5.0, 79.0), (5.0, 70.0), (2.5, 50.0), (3.0, 40.0), (20.0, 79.5)]
     assert pareto_front(points) == [(2.5, 50.0), (5.0, 79.0), (10.0, 80.0)]

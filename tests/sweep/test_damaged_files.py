@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -68,3 +69,40 @@ def test_report_skips_a_results_file_it_would_misread(tmp_path, caplog, edit, fi
     assert [folder.name for folder, _ in finished] == ["good"]
     assert any(str(tmp_path / "bad" / "results.json") in r.getMessage() and f"'{field}'" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_rerun_names_each_damaged_results_file_it_skips_once(tmp_path, caplog):
+    from qbert.sweep import jobs
+    _damaged(tmp_path)
+    jobs._warned.clear()
+    with caplog.at_level(logging.WARNING):
+        assert find_finished(tmp_path, "abc") is None
+        assert find_finished(tmp_path, "def") is None  # the next job of the sweep: not said again
+    for name in ("a", "b", "c"):
+        said = [r.getMessage() for r in caplog.records if str(tmp_path / name / "results.json") in r.getMessage()]
+        assert len(said) == 1 and "runs again" in said[0], said
+
+
+def test_a_damaged_job_file_beside_a_checkpoint_is_named(tmp_path, caplog):
+    from qbert.sweep import jobs
+    _damaged(tmp_path)
+    jobs._warned.clear()
+    with caplog.at_level(logging.WARNING):
+        assert find_resumable(tmp_path, "abc") is None
+    assert any(str(tmp_path / "d" / "job.json") in r.getMessage() and "not resumed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_an_unreadable_checkpoint_is_not_resumed_and_is_named(tmp_path, caplog):
+    from qbert.sweep import jobs
+    (tmp_path / "a" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "a" / "job.json").write_text(json.dumps({"config_hash": "abc", "status": "running"}))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04 half a checkpoint")
+    jobs._warned.clear()
+    with caplog.at_level(logging.WARNING):
+        assert find_resumable(tmp_path, "abc") is None  # resuming would fail the job on every re-run
+    assert any(str(ckpt) in r.getMessage() and "starts over" in r.getMessage() for r in caplog.records)
+    import torch
+    torch.save({"state_dict": {}}, ckpt)  # a readable one is resumed
+    assert find_resumable(tmp_path, "abc") == ckpt
