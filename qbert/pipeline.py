@@ -28,6 +28,7 @@ from qbert.train.distill import Distiller, load_teacher, needs_eager
 from qbert.environment import run_environment
 from qbert.hf import mark_quantized
 from qbert.report.record import config_hash, write_results
+from qbert.sweep.jobs import checkpoint_readable
 from qbert.train.module import TaskModule
 from qbert.train.trainer import build_loggers, build_trainer
 
@@ -162,11 +163,15 @@ def finetuned_start(cfg: DictConfig) -> str:
             return str(folder)
         fp_cfg.output_dir = str(folder)
         last = folder / "checkpoints" / "last.ckpt"  # an interrupted start goes on from its last epoch
-        if last.is_file():
+        resume = last.is_file() and checkpoint_readable(last)
+        if resume:
             log.info("the full-precision start in %s was interrupted: resuming from %s", folder, last)
+        elif last.is_file():
+            log.warning("%s: not a readable checkpoint (truncated or damaged); the full-precision start in %s "
+                        "starts over", last, folder)
         else:
             log.info("no full-precision fine-tuned model yet: training one in %s", folder)
-        run(fp_cfg, resume_from=str(last) if last.is_file() else None)
+        run(fp_cfg, resume_from=str(last) if resume else None)
     return str(folder)
 
 

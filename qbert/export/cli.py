@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else (run_dir.parent if run_dir.name == "model" else run_dir) / "packed.qbert.safetensors"
-    model = load_run_model(run_dir)
-    export_packed(model, out)
+    try:
+        model = load_run_model(run_dir)
+        export_packed(model, out)
+    except (ValueError, OSError) as error:  # a missing or damaged run folder, an unwritable output: named
+        parser.exit(2, f"qbert-export: error: {error}\n")
     rep = size_report(out)
     if not args.no_verify:
         g = torch.Generator().manual_seed(0)

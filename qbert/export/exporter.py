@@ -8,12 +8,10 @@ frozen input qparams. ``load_run_model(run_dir)`` rebuilds such a model from a r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from qbert.export.packed_file import write_packed
@@ -23,7 +21,7 @@ from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantiz
 from qbert.quant.primitives import MIN_SCALE, qrange
 from qbert.quant.quantizers import ActivationQuantizer
 from qbert.quant.surgery import quantization_map
-from qbert.weights import load_weights_
+from qbert.weights import load_weights_, read_quantization_map, read_safetensors
 
 QUANTIZER_KEYS = ("weight_quantizer.", "input_quantizer.")
 
@@ -137,6 +135,6 @@ def load_run_model(source: str | Path) -> nn.Module:
     if cls is None:
         raise ValueError(f"{folder}/config.json: unknown architecture {arch!r}")
     model = cls(config)
-    quantize_(model, plan_from_dict(json.loads(qmap_path.read_text())))
-    load_weights_(model, load_file(str(weights)), f"{weights} (with its config and plan)")
+    quantize_(model, plan_from_dict(read_quantization_map(qmap_path)))
+    load_weights_(model, read_safetensors(weights), f"{weights} (with its config and plan)")
     return model.eval()

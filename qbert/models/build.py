@@ -8,7 +8,7 @@ Hugging Face hub), or nowhere: a random model of the configured size (``model=ti
 from __future__ import annotations
 
 import importlib.util
-import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from qbert.config import ModelConfig, TaskConfig
-from qbert.weights import load_weights_
+from qbert.weights import load_weights_, read_quantization_map, read_safetensors
 
 HEADS = {
     "classification": AutoModelForSequenceClassification,
@@ -129,10 +129,9 @@ def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict |
     if source.is_dir():
         weights = source / "model" / "model.safetensors"
         if weights.is_file():
-            from safetensors.torch import load_file
             qmap_path = source / "model" / "quantization_map.json"
-            qmap = json.loads(qmap_path.read_text()) if qmap_path.is_file() else None
-            return load_file(str(weights)), qmap
+            qmap = read_quantization_map(qmap_path) if qmap_path.is_file() else None
+            return read_safetensors(weights), qmap
         ckpt = source / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             raise FileNotFoundError(f"config key 'init_from': {source} holds neither "
@@ -140,7 +139,13 @@ def load_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict |
         source = ckpt
     if not source.is_file():
         raise FileNotFoundError(f"config key 'init_from': {source} does not exist")
-    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated, not a zip, not torch's
+        raise ValueError(f"{source}: not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'ends early'})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{source}: not a Lightning checkpoint (no state_dict)")
     # LightningModule keys carry the attribute prefix "model.".
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     return state, checkpoint.get("quantization_map") or None

@@ -19,7 +19,6 @@ trained, nor saved in checkpoints, nor switched to train mode by Lightning.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,14 @@ def needs_eager(cfg: DistillConfig) -> bool:
 def _teacher_task(source: Path) -> str | None:
     folder = source if source.is_dir() else source.parent.parent  # <run>/checkpoints/x.ckpt
     results = folder / "results.json"
-    return json.loads(results.read_text()).get("task") if results.is_file() else None
+    if not results.is_file():
+        return None
+    from qbert.report.record import read_json
+    content = read_json(results)
+    if content is None:  # its task cannot be checked: say so rather than distil from an unknown run
+        raise ValueError(f"config key '{KEY}': {results} is damaged (not a readable JSON object), so the "
+                         "teacher's task cannot be checked; re-run the teacher or point at another run")
+    return content.get("task")
 
 
 def load_teacher(source: str | Path, model_cfg, task_cfg, vocab_size: int) -> nn.Module:

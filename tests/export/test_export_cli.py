@@ -30,5 +30,25 @@ def test_cli_refuses_a_float_run(tmp_path):
     from export_testing import TINY
 
     BertForSequenceClassification(BertConfig(**TINY)).save_pretrained(tmp_path / "model")
-    with pytest.raises(FileNotFoundError, match="quantization_map.json"):
+    with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path)])
+    assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(("damage", "file"), [
+    (lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:1000]), "model.safetensors"),
+    (lambda m: (m / "quantization_map.json").write_text("{"), "quantization_map.json"),
+    (lambda m: (m / "quantization_map.json").write_text("[]"), "quantization_map.json"),
+    (lambda m: (m / "quantization_map.json").unlink(), "quantization_map.json"),
+])
+def test_cli_names_a_damaged_or_missing_file_in_one_line(tmp_path, capsys, damage, file):
+    model = quantized_tiny("qbert_w4")
+    folder = tmp_path / "run" / "model"
+    model.save_pretrained(folder)
+    (folder / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
+    damage(folder)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("qbert-export: error: ") and file in err
+    assert "Traceback" not in err and not (tmp_path / "run" / "packed.qbert.safetensors").exists()

@@ -113,3 +113,26 @@ def test_a_quantized_teacher_is_refused(tmp_path):
     (source / "model" / "quantization_map.json").write_text(json.dumps({"bert.pooler.dense": {"w_bits": 8}}))
     with pytest.raises(ValueError, match="distill.teacher.*quantized"):
         load_teacher(source, MODEL, SST2, vocab_size=100)
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda run: (run / "results.json").write_text('{"task": "ss'), r"results\.json is damaged"),
+    (lambda run: (run / "results.json").write_text('["sst2"]'), r"results\.json is damaged"),
+    (lambda run: (run / "model" / "model.safetensors").write_bytes(b"\x10\x00"), r"model\.safetensors: not a readable"),
+    (lambda run: (run / "model" / "quantization_map.json").write_text("{"), r"quantization_map\.json: not a readable"),
+])
+def test_a_damaged_teacher_run_is_refused_naming_the_file(tmp_path, damage, match):
+    source = _save_run(tmp_path / "fp", tiny(max_position_embeddings=512), "sst2")
+    damage(source)
+    with pytest.raises(ValueError, match=match):
+        load_teacher(source, MODEL, SST2, vocab_size=100)
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 half a checkpoint", b"", b"\x80\x02}q\x00."])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(tmp_path, content):
+    from qbert.models.build import load_checkpoint
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{ckpt}: not a (readable|Lightning) checkpoint"):
+        load_checkpoint(ckpt)
