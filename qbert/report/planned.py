@@ -71,7 +71,7 @@ def job_config(overrides: list[str]) -> dict:
 def not_started(sweep_dir: Path, multirun: dict) -> list[tuple[Path, dict]]:
     """A failure record for every planned job of this sweep that never started."""
     started = started_overrides(sweep_dir)
-    given = set((multirun.get("hydra") or {}).get("overrides", {}).get("task") or [])
+    swept_keys = set(((multirun.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
     found = []
     for num, overrides in enumerate(planned_overrides(multirun)):
         if tuple(overrides) in started:
@@ -81,7 +81,7 @@ def not_started(sweep_dir: Path, multirun: dict) -> list[tuple[Path, dict]]:
         except Exception as err:  # noqa: BLE001 - a job that no longer composes is still listed
             log.warning("%s: planned job %d (%s) does not compose here: %s", sweep_dir, num, " ".join(overrides), err)
             config = {}
-        swept = [o for o in overrides if o not in given]  # what tells this job from its siblings
+        swept = [o for o in overrides if o.split("=", 1)[0] in swept_keys]  # what tells it from its siblings
         found.append((sweep_dir, {
             "status": "not_started", "config_hash": config_hash(config) if config else f"{sweep_dir}#{num}",
             "error_type": "NotStarted",

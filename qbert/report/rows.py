@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from qbert import methods
 from qbert.report.record import config_hash
-from qbert.report.widths import widths_from_map, w_bits_label
+from qbert.report.widths import Widths, widths_from_map, w_bits_label
 
 FLOAT_BITS = 32
 # Keys that differ between seeds of one table row: the seed itself and what is derived from it.
@@ -104,12 +104,19 @@ def from_error(failure: dict, path: str | None = None) -> Row:
     method = failure.get("method", quant.get("method", "none"))
     quantized = method != "none"
     w = int(quant.get("w_bits", FLOAT_BITS)) if quantized else FLOAT_BITS
+    name = methods.label(config)
+    w_label = str(w)
+    if method == "qbert_mp" and quant.get("allocation") == "rule" and quant.get("high_bits"):
+        # the two widths the rule mixes, as a finished row of the same config would print them
+        w_label = w_bits_label(Widths([w, int(quant["high_bits"])], float(w), FLOAT_BITS, FLOAT_BITS, None), name)
+    # A method that does not read quant.groups quantizes with one range per matrix.
+    reads_groups = method in methods.methods() and "groups" in methods.get(method).reads
     return Row(
         task=failure.get("task", "?"), model=failure.get("model", "?"), experiment=failure.get("experiment", "default"),
-        method=methods.label(config), w_bits=str(w), mean_w_bits=float(w),
+        method=name, w_bits=w_label, mean_w_bits=float(w),
         e_bits=int(quant.get("e_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
         a_bits=int(quant.get("a_bits", FLOAT_BITS)) if quantized else FLOAT_BITS,
-        groups=quant.get("groups") if quantized else None,
+        groups=(quant.get("groups") if reads_groups else 1) if quantized else None,
         metric=(config.get("task") or {}).get("metric", "?"), value=None, size_wo_e_mib=None,
         seed=int(failure.get("seed", 0)), config_hash=failure.get("config_hash", "?"), variant=variant_hash(config),
         status=FAILURE_STATES.get(failure.get("status"), "failed"),

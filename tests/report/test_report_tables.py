@@ -303,7 +303,7 @@ def test_a_never_started_job_is_listed_with_its_row(tmp_path):
     missing = [r for r in rows if r.status == "not started"]
     assert len(missing) == 1, [(r.method, r.w_bits, r.status) for r in rows]
     assert (missing[0].method, missing[0].w_bits, missing[0].seed) == ("Q-BERT", "3", 1)
-    assert "job 1 (row=qbert_w3) never started" in missing[0].error
+    assert "job 1 (row=qbert_w3 seed=1) never started" in missing[0].error
     table = build_tables(rows)[0]
     assert [t.shown() for t in table.rows if t.w_bits == "3"] == ["not started"]
     summary = report([sweep_dir], tmp_path / "out")
@@ -324,3 +324,14 @@ def test_a_damaged_sweep_plan_costs_only_the_never_started_rows(tmp_path, caplog
     rows = collect_rows([sweep_dir])
     assert [r.status for r in rows] == ["finished"]
     assert "multirun.yaml" in caplog.text
+
+
+def test_a_row_without_results_prints_the_widths_a_finished_row_would():
+    from qbert.report.rows import from_error
+
+    def row(quant):
+        return from_error({"status": "not_started", "config": {"quant": quant, "task": {"metric": "f1"}}})
+    mp = row({"method": "qbert_mp", "w_bits": 2, "high_bits": 3, "allocation": "rule", "groups": 128})
+    assert (mp.method, mp.w_bits, mp.groups, mp.status) == ("Q-BERT MP", "2/3 MP", 128, "not started")
+    directq = row({"method": "directq", "w_bits": 4, "groups": 128})  # directq does not read groups
+    assert (directq.w_bits, directq.groups) == ("4", 1)
