@@ -10,7 +10,9 @@ activations, int8 weights, oneDNN kernels using AVX512-VNNI / AMX-INT8) -> calib
 * an input quantized in QAT with a symmetric 8-bit EMA range ``[-m, m]`` (step ``s = m/127``,
   grid ``k*s``, ``|k| <= 127``) becomes the uint8 quantizer ``(scale s, zero_point 128,
   quant_min 1)``, whose grid ``(u - 128)*s`` is the same set of points: the observer is
-  replaced by a fixed one (``FixedQParamsObserver``);
+  replaced by a fixed one (``FixedQParamsObserver``); an asymmetric 8-bit EMA range (step
+  ``s``, zero point ``z``, grid ``(u - z)*s``, ``0 <= u <= 255``, ``quant.a_range=ema_asym``) is
+  already a uint8 quantizer and is taken as it is;
 * a symmetric per-tensor 8-bit weight ``Q(W) = k*s_w`` is quantized by the backend's
   per-channel observer with every channel's step set to ``s_w``, so the int8 weight the kernel
   multiplies is exactly the exported code.
@@ -21,9 +23,11 @@ oneDNN's fused int8 kernels, whose numerics differ slightly (max logit differenc
 same batch; 17 of 872 SST-2 dev predictions change), see ``experiments/README.md``.
 
 Everything else the quantizer annotates (residual adds fused into the Linear, other inputs)
-takes ranges from the calibration batches (real training sentences in the benchmark). The
-input: a model from ``loader.load_packed`` (or any transformers model; ``qat_ranges=False``
-then calibrates everything).
+takes ranges from the calibration batches (real training sentences in the benchmark). Inputs
+quantized per token (``quant.a_range=per_token*``) are refused: the backend's activation
+quantizers are static and per tensor, so it would compute something else. The input: a model
+from ``loader.load_packed`` (or any transformers model; ``qat_ranges=False`` then calibrates
+everything).
 """
 
 from __future__ import annotations
@@ -47,22 +51,29 @@ def torchao_available() -> bool:
     return True
 
 
-def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[float, int] | None], dict[str, float | None]]:
+InputQParams = tuple[float, int, int]  # (scale, zero_point, quant_min) of a uint8 quantizer
+
+
+def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, InputQParams | None], dict[str, float | None]]:
     """A plain float copy (weights = the dequantized ``Q(W)``, no fake quantization) plus the
-    QAT input step per Linear (``(scale, zero_point)`` in uint8 terms, None if not usable) and
-    the per-tensor weight step (None if the weight is not symmetric per-tensor 8-bit)."""
+    QAT input quantizer per Linear (``(scale, zero_point, quant_min)`` in uint8 terms, None if
+    not usable) and the per-tensor weight step (None if the weight is not symmetric per-tensor
+    8-bit)."""
     model = copy.deepcopy(model)
-    inputs: dict[str, tuple[float, int] | None] = {}
+    inputs: dict[str, InputQParams | None] = {}
     weights: dict[str, float | None] = {}
     for name, m in list(model.named_modules()):
         if isinstance(m, PackedLinear):
-            usable = m.input_kind == "ema" and m.a_bits == 8 and m.input_symmetric
+            usable = m.input_kind == "ema" and m.a_bits == 8
             new: nn.Module = nn.Linear(m.in_features, m.out_features, m.bias is not None)
             with torch.no_grad():
                 new.weight.copy_(m.dequantized_weight())
                 if m.bias is not None:
                     new.bias.copy_(m.bias)
-            inputs[name] = (float(m.input_qparams[0]), 128) if usable else None
+            # symmetric: quant_min=1, so the grid (u - 128) * s stops at -127 steps as the QAT grid
+            qat = (float(m.input_qparams[0]), 128, 1) if m.input_symmetric else \
+                (float(m.input_qparams[0]), int(m.input_qparams[1]), 0)
+            inputs[name] = qat if usable else None
             per_tensor8 = m.w_bits == 8 and m.weight_scale.numel() == 1 and not bool(m.weight_zero_point.any())
             weights[name] = float(m.weight_scale[0]) if per_tensor8 else None
         elif isinstance(m, PackedEmbedding):
@@ -96,9 +107,9 @@ def set_qat_ranges_(prepared: torch.fx.GraphModule, inputs: dict, weights: dict)
     for name, obs_x, obs_w in _linear_observers(prepared):
         done["linears"] += 1
         if obs_x and inputs.get(name):
-            scale, zp = inputs[name]
-            # quant_min=1: the grid (u - 128) * s then stops at -127 steps, as the symmetric QAT grid
-            setattr(prepared, obs_x, FixedQParamsObserver(scale, zp, dtype=torch.uint8, quant_min=1, quant_max=255))
+            scale, zp, quant_min = inputs[name]
+            setattr(prepared, obs_x, FixedQParamsObserver(scale, zp, dtype=torch.uint8, quant_min=quant_min,
+                                                          quant_max=255))
             done["inputs"] += 1
         if obs_w and weights.get(name):
             obs = getattr(prepared, obs_w)
@@ -115,6 +126,11 @@ def quantize_int8(model: nn.Module, example: dict[str, Tensor], calibration: Ite
 
     ``calibration``: batches (same shapes as ``example``) the observers see; with
     ``qat_ranges`` the Linear inputs/weights then take the QAT ranges instead."""
+    per_token = [n for n, m in model.named_modules() if isinstance(m, PackedLinear) and m.per_token]
+    if per_token and qat_ranges:
+        raise ValueError(f"{len(per_token)} Linear inputs are quantized per token (e.g. {per_token[0]}): the int8 "
+                         "backend quantizes activations with static per-tensor ranges, so it cannot run this model "
+                         "as trained; use the packed model itself (qbert.export.load_packed)")
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 

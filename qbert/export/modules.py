@@ -34,6 +34,7 @@ class PackedLinear(nn.Module):
         self.w_bits, self.a_bits, self.input_kind = info["w_bits"], info["a_bits"], info["input"]
         self.input_symmetric = info.get("input_symmetric", True)
         self.range_method, self.percentile = spec.get("range", "minmax"), spec.get("percentile", 99.99)
+        self.per_token = bool(spec.get("per_token", False))  # dynamic inputs: one range per token
         if codes is None:  # a float weight with a quantized input
             self.register_buffer("weight", tensors["weight"].reshape(self.out_features, self.in_features))
         else:
@@ -58,7 +59,7 @@ class PackedLinear(nn.Module):
             step, offset = self.input_qparams[0], self.input_qparams[1]
             return torch.round(((x - offset) / step).clamp(qmin, qmax)) * step + offset
         if kind == "dynamic":
-            lo, hi = range_from_tensor(x, self.range_method, self.percentile)
+            lo, hi = range_from_tensor(x, self.range_method, self.percentile, dim=-1 if self.per_token else None)
             scale, zp = compute_qparams(lo, hi, self.a_bits, self.input_symmetric)
         else:  # "ema": the range frozen after QAT / calibration
             scale, zp = self.input_qparams[0], self.input_qparams[1].to(torch.int32)
@@ -69,7 +70,7 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w_bits={self.w_bits}, "
-                f"a_bits={self.a_bits}, input={self.input_kind}")
+                f"a_bits={self.a_bits}, input={self.input_kind}{' per token' if self.per_token else ''}")
 
 
 class PackedEmbedding(nn.Module):

@@ -20,7 +20,13 @@ What the builders quantize (Q-BERT quantizes all encoder weights; embeddings at 
 
 Weight ranges and grids (``w_range``: minmax | percentile | mse, with ``percentile``; ``w_grid``:
 restricted | full | asymmetric, None = as ``symmetric`` implies) apply to every weight the plan
-quantizes, embedding tables included; inputs keep ``symmetric`` and min/max EMA ranges.
+quantizes, embedding tables included; inputs keep ``symmetric`` and min/max EMA ranges unless
+``inputs`` (``qbert.quant.input_ranges.InputRanges``) gives a site another mode or width.
+
+Q/K/V row groups: ``groups`` contiguous runs of rows (which straddle heads unless ``groups`` is a
+multiple of the number of heads that divides the rows), one per head (``heads_as_groups``), or
+``groups_per_head`` runs inside each head (``num_heads x groups_per_head`` groups: HF lays a
+head out as a contiguous block of ``head_dim`` rows, so equal runs never cross a head boundary).
 
 Plans are data: ``plan_to_dict(plan)`` is what goes into results.json.
 """
@@ -31,13 +37,17 @@ import re
 from typing import Any, Callable, Optional, Sequence
 
 from qbert.quant.granularity import Groups
+from qbert.quant.input_ranges import SITE_MODULES, SITES, InputRanges
 from qbert.quant.plan import Plan, QuantSpec
 from qbert.quant.primitives import FLOAT_BITS
 
-QKV = r"attention\.self\.(?:query|key|value)"
-ATTN_OUT = r"attention\.output\.dense"
+QKV = SITE_MODULES["qkv"]
+ATTN_OUT = SITE_MODULES["attn_out"]
 FFN = r"(?:intermediate|output)\.dense"
 ABLATIONS = ("word_embedding", "position_embedding", "self_attention", "ffn")
+# the input sites (qbert.quant.input_ranges) of the Linears each ablation module quantizes
+ABLATION_SITES = {"word_embedding": (), "position_embedding": (), "self_attention": ("qkv", "attn_out"),
+                  "ffn": ("ffn_in", "ffn_out")}
 
 
 def _p(prefix: Optional[str]) -> str:
@@ -53,7 +63,16 @@ def _emb(prefix: Optional[str], table: str) -> str:
     return f"re:{_p(prefix)}embeddings\\.{table}_embeddings"
 
 
-def _qkv_groups(groups: Groups, heads_as_groups: bool, num_heads: Optional[int]) -> Groups:
+def _qkv_groups(groups: Groups, heads_as_groups: bool, num_heads: Optional[int],
+                groups_per_head: Optional[int] = None) -> Groups:
+    if groups_per_head is not None:
+        if heads_as_groups:
+            raise ValueError("heads_as_groups=True is groups_per_head=1: set only one of them")
+        if isinstance(groups_per_head, bool) or not isinstance(groups_per_head, int) or groups_per_head < 1:
+            raise ValueError(f"groups_per_head={groups_per_head!r} must be a positive int")
+        if not num_heads:
+            raise ValueError("groups_per_head needs num_heads (config.num_attention_heads)")
+        return num_heads * groups_per_head  # equal runs of head_dim / groups_per_head rows
     if not heads_as_groups:
         return groups
     if not num_heads:
@@ -76,9 +95,29 @@ def _weight_kw(w_range: Optional[str], w_grid: Optional[str], percentile: float,
 
 
 def _layer_entries(prefix: Optional[str], i: Optional[int], spec: Optional[QuantSpec],
-                   qkv_groups: Groups) -> Plan:
-    qkv = None if spec is None else spec.replace(groups=qkv_groups)
-    return [(_layer(prefix, i, QKV), qkv), (_layer(prefix, i, f"(?:{ATTN_OUT}|{FFN})"), spec)]
+                   qkv_groups: Groups, inputs: Optional[InputRanges] = None,
+                   sites: Sequence[str] = SITES) -> Plan:
+    """The entries of ``sites`` (Linear kinds by their input, see ``input_ranges``): one entry
+    per site, merged into one for those that end up with the same spec (so a plan without input
+    settings keeps its two entries, Q/K/V and the rest)."""
+    inputs = inputs or InputRanges()
+    specs = {site: inputs.spec_for(spec, site) for site in sites}
+    if "qkv" in specs and specs["qkv"] is not None:
+        specs["qkv"] = specs["qkv"].replace(groups=qkv_groups)
+    entries: Plan = [(_layer(prefix, i, QKV), specs["qkv"])] if "qkv" in specs else []
+    rest = [site for site in sites if site != "qkv"]
+    for shared in dict.fromkeys(specs[site] for site in rest):  # each distinct spec, in site order
+        entries.append((_layer(prefix, i, _sites_regex([s for s in rest if specs[s] == shared])), shared))
+    return entries
+
+
+def _sites_regex(sites: Sequence[str]) -> str:
+    """The module regex of some sites; the merged ones spelled as plans always spelled them."""
+    merged = {("attn_out", "ffn_in", "ffn_out"): f"(?:{ATTN_OUT}|{FFN})", ("ffn_in", "ffn_out"): FFN}
+    key = tuple(sites)
+    if key in merged:
+        return merged[key]
+    return SITE_MODULES[key[0]] if len(key) == 1 else f"(?:{'|'.join(SITE_MODULES[s] for s in key)})"
 
 
 def _embedding_entries(prefix: Optional[str], e_bits: int, e_groups: Groups, symmetric: bool,
@@ -95,12 +134,15 @@ def uniform_plan(w_bits: int, e_bits: int = 8, a_bits: int = 8, groups: Groups =
                  e_groups: Groups = 1, symmetric: bool = True, range: str = "minmax",
                  w_range: Optional[str] = None, w_grid: Optional[str] = None, percentile: float = 99.99,
                  quantize_pooler: bool = False, quantize_token_type: bool = False,
+                 groups_per_head: Optional[int] = None, inputs: Optional[InputRanges] = None,
                  prefix: Optional[str] = None) -> Plan:
     """Every encoder Linear at ``w_bits`` with ``groups`` (Q/K/V: one group per head if
-    ``heads_as_groups``), word+position embeddings at ``e_bits``; see module docstring."""
+    ``heads_as_groups``, ``groups_per_head`` per head if set), word+position embeddings at
+    ``e_bits``; inputs as ``inputs`` says per site; see module docstring."""
     weight = _weight_kw(w_range, w_grid, percentile, range)
     spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range, **weight)
-    plan = _layer_entries(prefix, None, spec, _qkv_groups(groups, heads_as_groups, num_heads))
+    plan = _layer_entries(prefix, None, spec, _qkv_groups(groups, heads_as_groups, num_heads, groups_per_head),
+                          inputs)
     plan += _embedding_entries(prefix, e_bits, e_groups, symmetric, quantize_token_type, **weight)
     if quantize_pooler:
         plan.append((f"re:{_p(prefix)}pooler\\.dense", spec))
@@ -142,7 +184,8 @@ def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int =
                    groups: Groups = 128, *, heads_as_groups: bool = False,
                    num_heads: Optional[int] = None, e_groups: Groups = 1, symmetric: bool = True,
                    range: str = "minmax", w_range: Optional[str] = None, w_grid: Optional[str] = None,
-                   percentile: float = 99.99, prefix: Optional[str] = None) -> Plan:
+                   percentile: float = 99.99, groups_per_head: Optional[int] = None,
+                   inputs: Optional[InputRanges] = None, prefix: Optional[str] = None) -> Plan:
     """Mixed precision: encoder layer ``i`` at ``bits_per_layer[i]`` (32 = keep it float).
 
     An entry per layer, so a model with fewer layers fails ("matches no module"); layers
@@ -150,13 +193,13 @@ def layerwise_plan(bits_per_layer: Sequence[int], e_bits: int = 8, a_bits: int =
     """
     if not bits_per_layer:
         raise ValueError("bits_per_layer is empty")
-    qkv_groups = _qkv_groups(groups, heads_as_groups, num_heads)
+    qkv_groups = _qkv_groups(groups, heads_as_groups, num_heads, groups_per_head)
     weight = _weight_kw(w_range, w_grid, percentile, range)
     plan: Plan = []
     for i, bits in enumerate(bits_per_layer):
         spec = None if bits == FLOAT_BITS else QuantSpec(
             w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, range=range, **weight)
-        plan += _layer_entries(prefix, i, spec, qkv_groups)
+        plan += _layer_entries(prefix, i, spec, qkv_groups, inputs)
     return plan + _embedding_entries(prefix, e_bits, e_groups, symmetric, False, **weight)
 
 
@@ -164,22 +207,28 @@ def ablation_plan(module: str, bits: int, *, groups: Groups = 128, a_bits: int =
                   heads_as_groups: bool = False, num_heads: Optional[int] = None,
                   e_groups: Groups = 1, symmetric: bool = True, w_range: Optional[str] = None,
                   w_grid: Optional[str] = None, percentile: float = 99.99,
+                  groups_per_head: Optional[int] = None, inputs: Optional[InputRanges] = None,
                   prefix: Optional[str] = None) -> Plan:
     """Quantize one module kind only (Q-BERT's per-module study); everything else float.
 
     ``module``: ``word_embedding`` | ``position_embedding`` | ``self_attention`` (Q/K/V and
-    the attention output projection) | ``ffn`` (intermediate and output dense).
+    the attention output projection) | ``ffn`` (intermediate and output dense). ``inputs`` may
+    name only the sites of that module kind (an embedding has none).
     """
     weight = _weight_kw(w_range, w_grid, percentile)
+    if module not in ABLATIONS:
+        raise ValueError(f"ablation module={module!r}, expected one of {ABLATIONS}")
+    sites = ABLATION_SITES[module]
+    inputs = inputs or InputRanges()
+    foreign = sorted((set(inputs.sites) | set(inputs.site_bits)) - set(sites))
+    if foreign or (not sites and not inputs.is_default):
+        raise ValueError(f"ablation module={module!r} quantizes the inputs of sites {list(sites)} only; "
+                         f"input settings for {foreign or 'its inputs'} would change nothing")
     if module in ("word_embedding", "position_embedding"):
         return _embedding_entries(prefix, bits, e_groups, symmetric, False, (module.split("_")[0],), **weight)
     spec = QuantSpec(w_bits=bits, groups=groups, a_bits=a_bits, symmetric=symmetric, **weight)
-    if module == "self_attention":
-        qkv = spec.replace(groups=_qkv_groups(groups, heads_as_groups, num_heads))
-        return [(_layer(prefix, None, QKV), qkv), (_layer(prefix, None, ATTN_OUT), spec)]
-    if module == "ffn":
-        return [(_layer(prefix, None, FFN), spec)]
-    raise ValueError(f"ablation module={module!r}, expected one of {ABLATIONS}")
+    return _layer_entries(prefix, None, spec, _qkv_groups(groups, heads_as_groups, num_heads, groups_per_head),
+                          inputs, sites)
 
 
 PLAN_BUILDERS: dict[str, Callable[..., Plan]] = {

@@ -71,7 +71,7 @@ class QuantLinear(nn.Linear):
         elif spec.a_bits < FLOAT_BITS:
             self.input_quantizer = ActivationQuantizer(
                 spec.a_bits, spec.symmetric, spec.momentum, spec.range, spec.percentile,
-                device=qdevice, dynamic=spec.dynamic,
+                device=qdevice, dynamic=spec.dynamic, per_token=spec.per_token,
             )
 
     @classmethod

@@ -50,6 +50,8 @@ class QuantSpec:
     ``"asymmetric"``; None = restricted when ``symmetric``, else asymmetric.
     ``momentum``: EMA factor of the activation range. ``dynamic``: the activation range is taken
     from each batch at every forward (dynamic post-training quantization; no EMA, no state).
+    ``per_token`` (with ``dynamic``): one range per token (over the last dimension) instead of
+    one per batch.
     ``learned``: ``None`` (ranges are statistics: max-abs / EMA) or the gradient rule of a learned
     scale (``"lsq"``, ``"lsq_unscaled"``; see ``qbert.quant.learned``): the weight scale and the
     input's scale (and, asymmetric, its offset) become trainable parameters of the module; the
@@ -67,6 +69,7 @@ class QuantSpec:
     learned: Optional[str] = None
     w_range: Optional[str] = None
     w_grid: Optional[str] = None
+    per_token: bool = False
 
     @property
     def weight_range(self) -> str:
@@ -108,6 +111,9 @@ class QuantSpec:
             raise ValueError(f"QuantSpec.dynamic={self.dynamic!r} must be a bool")
         if self.learned is not None and self.learned not in SCALE_GRADS:
             raise ValueError(f"QuantSpec.learned={self.learned!r} must be None or one of {SCALE_GRADS}")
+        if not isinstance(self.per_token, bool) or (self.per_token and not self.dynamic):
+            raise ValueError(f"QuantSpec.per_token={self.per_token!r}: per-token input ranges are taken at every "
+                             "forward, so they need dynamic=True (an EMA of one token's range means nothing)")
         if self.learned is not None and self.dynamic:
             raise ValueError("QuantSpec: a learned scale cannot also be dynamic (per-batch) ranges")
         if self.w_range is not None and self.w_range not in WEIGHT_RANGE_METHODS:
@@ -122,7 +128,10 @@ class QuantSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not self.per_token:  # added later: plans (and packed files) without it read as before
+            del d["per_token"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "QuantSpec":

@@ -25,6 +25,8 @@
   With ``dynamic=True`` (dynamic post-training quantization, Q8BERT's baseline) the range is
   instead taken from the current batch at every forward, in training and eval alike; nothing is
   stored and no calibration is needed (the buffers stay at their "not observed" values).
+  ``per_token=True`` (dynamic only) takes one range per token (the last dimension) instead of
+  one per batch: a token's outliers no longer widen the step of every other token.
 
   **Eval before any range was observed raises** ``RuntimeError``: passing through would
   silently report a float model as quantized. Observe ranges first (train, or
@@ -165,10 +167,13 @@ class ActivationQuantizer(nn.Module):
         percentile: float = 99.99,
         device: torch.device | str | None = None,
         dynamic: bool = False,
+        per_token: bool = False,
     ) -> None:
         super().__init__()
         self.bits = check_bits(bits, "a_bits")
-        self.dynamic = dynamic
+        if per_token and not dynamic:
+            raise ValueError("per_token=True needs dynamic=True: a per-token range is taken at every forward")
+        self.dynamic, self.per_token = dynamic, per_token
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
         if range_method not in RANGE_METHODS:
@@ -200,7 +205,7 @@ class ActivationQuantizer(nn.Module):
         if self.bits == FLOAT_BITS:
             return x
         if self.dynamic:
-            lo, hi = range_from_tensor(x, self.range_method, self.percentile)
+            lo, hi = range_from_tensor(x, self.range_method, self.percentile, dim=-1 if self.per_token else None)
             scale, zero_point = compute_qparams(lo, hi, self.bits, self.symmetric)
             return fake_quantize(x, scale, zero_point, self.bits, self.symmetric)
         if self.training or self.observing:
@@ -226,4 +231,5 @@ class ActivationQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
-        return f"bits={self.bits}, {kind}, " + ("dynamic" if self.dynamic else f"momentum={self.momentum}")
+        dynamic = "dynamic per token" if self.per_token else "dynamic"
+        return f"bits={self.bits}, {kind}, " + (dynamic if self.dynamic else f"momentum={self.momentum}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from qbert.quant import calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantize_
+from qbert.quant import calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantize_, uniform_plan
+from qbert.quant.input_ranges import InputRanges
 
 # in/out features multiples of 64 / 8, so the integer kernels (int8 _int_mm, int4 tinygemm) apply
 TINY = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -18,6 +19,11 @@ PLANS = {
     "qbert_mp_asym": lambda: layerwise_plan([3, 2], 8, 8, groups=8, symmetric=False),
     "qbert_w4": lambda: qbert_plan(4, 8, 8, groups=16),
     "mkq_w4a4": lambda: mkq_plan(4, 4, 8, groups=4),                          # learned (LSQ) scales
+    # asymmetric EMA inputs with symmetric weights, per-token inputs, a site at its own width
+    "qbert_input_sites": lambda: qbert_plan(4, 8, 8, groups=16, inputs=InputRanges(
+        "ema_asym", {"ffn_in": "per_token", "ffn_out": "per_token_asym"}, {"attn_out": 6})),
+    "qbert_groups_per_head": lambda: qbert_plan(4, 8, 8, groups=16, groups_per_head=2, num_heads=4),
+    "w8a8_asym_inputs": lambda: uniform_plan(8, 8, 8, inputs=InputRanges("ema_asym")),  # per-tensor, int8-able
 }
 
 
