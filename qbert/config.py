@@ -40,6 +40,8 @@ ABLATION_MODULES = ("word_embedding", "position_embedding", "self_attention", "f
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)  # 32 = keep full precision
 W_RANGES = ("minmax", "percentile", "mse")  # = qbert.quant.primitives.WEIGHT_RANGE_METHODS (no torch here)
 W_GRIDS = ("restricted", "full", "asymmetric")  # = qbert.quant.primitives.GRIDS
+A_RANGES = ("ema", "ema_asym", "per_token", "per_token_asym")  # = qbert.quant.input_ranges.A_RANGES
+A_SITES = ("qkv", "attn_out", "ffn_in", "ffn_out")  # = qbert.quant.input_ranges.SITES
 LOGGERS = ("none", "csv", "wandb")
 EVAL_CHECKPOINTS = ("last", "best")
 VALIDATE_MODES = ("auto", "always", "never")
@@ -48,7 +50,10 @@ VALIDATE_MODES = ("auto", "always", "never")
 def added_field(default: Any, neutral: Any) -> Any:
     """A field added after results already existed. ``neutral`` is the value that reproduces
     those results; the config hash leaves the field out while it holds that value, so adding a
-    field never invalidates earlier work, while any other value (a new default included) is hashed."""
+    field never invalidates earlier work, while any other value (a new default included) is hashed.
+    A section (a dataclass) default is copied for each instance."""
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: dataclasses.replace(default), metadata={"hash_neutral": neutral})
     return field(default=default, metadata={"hash_neutral": neutral})
 
 
@@ -161,6 +166,35 @@ class ModelConfig:
 
 
 @dataclass
+class InputSiteModes:
+    """quant.a_sites: an input range mode per site (null: quant.a_range); see QuantConfig."""
+
+    qkv: Optional[str] = None
+    attn_out: Optional[str] = None
+    ffn_in: Optional[str] = None
+    ffn_out: Optional[str] = None
+
+
+@dataclass
+class InputSiteBits:
+    """quant.a_site_bits: an input width per site (null: quant.a_bits); see QuantConfig."""
+
+    qkv: Optional[int] = None
+    attn_out: Optional[int] = None
+    ffn_in: Optional[int] = None
+    ffn_out: Optional[int] = None
+
+
+def set_sites(section: Any) -> dict[str, Any]:
+    """The sites an ``InputSiteModes``/``InputSiteBits`` (or its dict in a resolved config) sets."""
+    values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section or {})
+    return {site: value for site, value in values.items() if value is not None}
+
+
+NO_SITES = {site: None for site in A_SITES}  # a_sites / a_site_bits at their defaults, as hashed
+
+
+@dataclass
 class QuantConfig:
     """How to quantize: ``method`` picks a method of ``qbert/methods/`` (each declares which of the
     fields below it reads; any other field must keep its default, or validation refuses it)."""
@@ -174,6 +208,11 @@ class QuantConfig:
     a_bits: int = 8  # inputs of every quantized Linear (EMA ranges)
     groups: int = 128  # row groups per matrix (qbert, qbert_mp, ablation, mkq)
     heads_as_groups: bool = False  # Q/K/V: one group per attention head instead of `groups`
+    # Q/K/V: groups_per_head row groups inside each head (num_heads x groups_per_head per matrix,
+    # each a run of head_dim / groups_per_head rows, so none straddles two heads), instead of
+    # `groups` contiguous groups (on MiniLM-L6, 128 groups of 3 rows cross the 32-row heads).
+    # 1 = heads_as_groups. Must divide the head size. null: as `groups` / heads_as_groups say.
+    groups_per_head: Optional[int] = added_field(None, neutral=None)
     # Symmetric ranges (no zero point) for the inputs (activations), and for the weights unless
     # w_grid says otherwise; false: asymmetric inputs and weights.
     symmetric: bool = True
@@ -195,6 +234,18 @@ class QuantConfig:
     # stay as `symmetric` says). null: restricted when symmetric=true, asymmetric when false.
     # symmetric=false with w_grid=restricted or full is refused as a contradiction.
     w_grid: Optional[str] = added_field(None, neutral=None)
+    # How the inputs of the encoder Linears (activations) take their ranges (qbert.quant.
+    # input_ranges): ema = one EMA range per tensor on the grid `symmetric` gives (Q8BERT's, and
+    # every run's before this key); ema_asym = the same, always asymmetric (min/max + zero point;
+    # weights keep their own grid); per_token = each token's own range, computed at every
+    # forward, on the grid `symmetric` gives; per_token_asym = per-token, always asymmetric.
+    a_range: str = added_field("ema", neutral="ema")
+    # Per input site, another mode or width than a_range / a_bits (null: those). Sites: qkv (the
+    # Q/K/V input), attn_out (attention output projection), ffn_in (FFN input projection), ffn_out
+    # (FFN output projection: the GELU output, a8 error 8-20% per tensor on MiniLM-L6), e.g.
+    # quant.a_sites.ffn_out=per_token_asym quant.a_site_bits.ffn_out=8.
+    a_sites: InputSiteModes = added_field(InputSiteModes(), neutral=NO_SITES)
+    a_site_bits: InputSiteBits = added_field(InputSiteBits(), neutral=NO_SITES)
     module: Optional[str] = None  # ablation only: the one module kind that is quantized
     # Quantization-aware fine-tuning recipe; null = the task's optim settings. They change the
     # QAT stage only, not the full-precision start it is fine-tuned from.
@@ -256,7 +307,13 @@ class QuantConfig:
         _check(self.symmetric or self.w_grid not in ("restricted", "full"), "quant.w_grid",
                f"quant.w_grid={self.w_grid} is a symmetric grid but quant.symmetric=false asks for asymmetric "
                "weights and inputs: set quant.w_grid=asymmetric (or leave it null) with quant.symmetric=false, or "
-               f"quant.symmetric=true for symmetric inputs with the {self.w_grid} weight grid")
+               f"quant.symmetric=true for symmetric inputs with the {self.w_grid} weight grid (asymmetric inputs with "
+               f"it: quant.symmetric=true quant.a_range=ema_asym)")
+        self._check_inputs()
+        _check(self.groups_per_head is None or self.groups_per_head >= 1, "quant.groups_per_head",
+               f"must be >= 1 or null, got {self.groups_per_head}")
+        _check(self.groups_per_head is None or not self.heads_as_groups, "quant.groups_per_head",
+               "quant.heads_as_groups=true is quant.groups_per_head=1: set only one of them")
         if self.method == "ablation":
             _one_of(self.module, ABLATION_MODULES, "quant.module")
         _one_of(self.high_bits, QUANT_BITS[:-1], "quant.high_bits")
@@ -280,6 +337,27 @@ class QuantConfig:
             _check(self.avg_bits is None or self.w_bits <= self.avg_bits <= self.high_bits, "quant.avg_bits",
                    f"must lie in [quant.w_bits, quant.high_bits] = [{self.w_bits}, {self.high_bits}], "
                    f"got {self.avg_bits}")
+
+
+    def _check_inputs(self) -> None:
+        """a_range / a_sites / a_site_bits: known modes, sites and widths, and no range mode for
+        an input that stays float (it would change nothing)."""
+        _one_of(self.a_range, A_RANGES, "quant.a_range")
+        modes, widths = set_sites(self.a_sites), set_sites(self.a_site_bits)
+        for site, mode in modes.items():
+            _one_of(mode, A_RANGES, f"quant.a_sites.{site}")
+        for site, bits in widths.items():
+            _one_of(bits, QUANT_BITS, f"quant.a_site_bits.{site}")
+        width = {site: widths.get(site, self.a_bits) for site in A_SITES}
+        for site, mode in modes.items():
+            _check(mode == "ema" or width[site] < 32, f"quant.a_sites.{site}",
+                   f"{mode} ranges for an input that stays float (width 32: quant.a_bits / quant.a_site_bits)")
+        inherits = [site for site in A_SITES if site not in modes]
+        _check(self.a_range == "ema" or bool(inherits), "quant.a_range",
+               f"{self.a_range} applies to no input: quant.a_sites gives every site its own mode")
+        _check(self.a_range == "ema" or any(width[s] < 32 for s in inherits), "quant.a_range",
+               f"{self.a_range} applies to inputs {inherits}, and every one of them stays float "
+               f"(quant.a_bits={self.a_bits}, quant.a_site_bits={widths})")
 
 
 @dataclass
@@ -473,6 +551,11 @@ class RunConfig:
         unread = unread_settings(self.quant, self.eval_only)
         if unread:  # a setting the method would silently ignore
             raise ValueError("\n".join(unread))
+        per_head, head_dim = self.quant.groups_per_head, self.model.hidden_size // self.model.num_heads
+        _check(per_head is None or head_dim % per_head == 0, "quant.groups_per_head",
+               f"{per_head} does not divide the head size {head_dim} (model.hidden_size / model.num_heads = "
+               f"{self.model.hidden_size} / {self.model.num_heads}): the groups are equal runs of rows inside "
+               f"each head, so pick a divisor of {head_dim}")
         _check(not (self.optim.fused and self.optim.grad_clip and self.trainer.precision == "16-mixed"),
                "optim.fused", "a fused AdamW unscales fp16 gradients inside its kernel, after clipping would "
                "have seen them scaled: with trainer.precision=16-mixed set optim.fused=false (or bf16-mixed)")

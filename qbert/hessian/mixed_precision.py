@@ -94,7 +94,8 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
 
 def _plan_kw(quant: QuantConfig, config) -> dict[str, Any]:
     """What ``layerwise_plan`` needs besides widths and groups, as ``plan_for`` would pass it."""
-    return {"heads_as_groups": quant.heads_as_groups, "num_heads": config.num_attention_heads,
+    return {"heads_as_groups": quant.heads_as_groups, "groups_per_head": quant.groups_per_head,
+            "num_heads": config.num_attention_heads,
             "symmetric": quant.symmetric, **weight_range_kw(quant)}
 
 

@@ -26,6 +26,9 @@ TRAINING = frozenset({"epochs", "lr", "max_steps"})
 CALIBRATION = frozenset({"calibration_batches"})
 # how weight ranges and grids are chosen (statistics-range methods: qbert, qbert_mp, directq, ablation)
 WEIGHT_RANGES = frozenset({"w_range", "w_percentile", "w_grid"})
+# how the inputs of the encoder Linears take their ranges, per site (EMA-range methods: qbert,
+# qbert_mp, directq, ablation; Q8BERT is symmetric per tensor by definition, MKQ learns its own)
+INPUT_RANGES = frozenset({"a_range", "a_sites", "a_site_bits"})
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,29 @@ def unread_settings(quant: Any, eval_only: bool) -> list[str]:
 def weight_range_kw(quant: Any) -> dict[str, Any]:
     """The plan builders' keyword arguments for ``quant.w_range``/``w_percentile``/``w_grid``."""
     return {"w_range": quant.w_range, "w_grid": quant.w_grid, "percentile": quant.w_percentile}
+
+
+def input_range_kw(quant: Any) -> dict[str, Any]:
+    """The plan builders' ``inputs`` argument for ``quant.a_range``/``a_sites``/``a_site_bits``."""
+    from qbert.config import set_sites
+    from qbert.quant.input_ranges import InputRanges
+    return {"inputs": InputRanges(quant.a_range, set_sites(quant.a_sites), set_sites(quant.a_site_bits))}
+
+
+def input_range_label(quant: Mapping[str, Any]) -> list[str]:
+    """What a table adds to a method's name when its inputs or Q/K/V groups are not the default
+    (empty for configs from before the keys)."""
+    parts = []
+    if quant.get("groups_per_head"):
+        parts.append(f"{quant['groups_per_head']} groups per head")
+    if (quant.get("a_range") or "ema") != "ema":
+        parts.append(f"{quant['a_range']} inputs")
+    from qbert.config import set_sites
+    sites, widths = set_sites(quant.get("a_sites")), set_sites(quant.get("a_site_bits"))
+    for site in sorted(set(sites) | set(widths)):
+        parts.append(" ".join([site, *([sites[site]] if site in sites else []),
+                               *([f"a{widths[site]}"] if site in widths else [])]))
+    return parts
 
 
 def weight_range_label(quant: Mapping[str, Any]) -> list[str]:
