@@ -19,7 +19,8 @@ Two conventions:
     Weights at ``w_bits``; biases and LayerNorms fp32; per weight group one fp32 scale, plus an
     fp32 zero point when the weight's grid is asymmetric (never for a learned step, which is
     symmetric whatever ``symmetric`` says of the input); two fp32 numbers per activation quantizer
-    (``quant=mkq``: its learned step and offset).
+    (``quant=mkq``: its learned step and offset), none for a dynamic one (per batch or per token:
+    its range is taken from each input, nothing is stored).
 
 BERT-base (hidden 768, 12 layers, FFN 3072), encoder ("Size w/o-e"), 128 groups per matrix:
 
@@ -177,7 +178,7 @@ def account(slots: Iterable[ModuleSlot], specs: Mapping[str, QuantSpec], convent
             if w < FLOAT_BITS:
                 per_group = 2 if convention == "paper" or not spec.weight_symmetric else 1
                 ovh += resolve_groups(spec.groups, s.rows, s.name) * per_group * FLOAT_BITS
-            if convention == "storage" and spec.a_bits < FLOAT_BITS:
+            if convention == "storage" and spec.a_bits < FLOAT_BITS and not spec.dynamic:
                 ovh += 2 * FLOAT_BITS
             total = s.weight * w + s.bias * b + ovh
         else:

@@ -21,6 +21,7 @@ from qbert.quant import (
     uniform_plan,
 )
 from qbert.quant.granularity import group_view
+from qbert.quant.size import size_from_model
 from qbert.quant.input_error import input_errors
 from qbert.quant.input_ranges import SITES, InputRanges, input_spec, site_of
 
@@ -149,3 +150,10 @@ def test_input_errors_are_measured_per_site_on_real_tokens(tiny_seq_model, tiny_
         errors[mode] = input_errors(model, [batch])
     assert set(errors["ema"]) == set(SITES)
     assert all(0 < errors["per_token_asym"][s] < errors["ema"][s] for s in SITES)
+
+
+def test_storage_counts_no_input_range_for_per_token_inputs(tiny_seq_model):
+    ema = size_from_model(quantize_(copy.deepcopy(tiny_seq_model), uniform_plan(4, 32, 8)), "storage")
+    token = size_from_model(quantize_(copy.deepcopy(tiny_seq_model), uniform_plan(
+        4, 32, 8, inputs=InputRanges(sites={"ffn_out": "per_token"}))), "storage")
+    assert ema.overhead_bits["encoder"] - token.overhead_bits["encoder"] == 2 * 2 * 32  # 2 layers x (scale, zero point)
