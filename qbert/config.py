@@ -292,8 +292,9 @@ class HessianConfig:
     # The Hessian of a run is that of the mean loss over these batches; null: as many as
     # hessian.run_fraction of the training windows fill (set exactly one of the two).
     batches_per_run: Optional[int] = 1
-    # Of the training windows, each run's data (hessian=published: 0.1, the paper's 10 % per run,
-    # drawn from hessian.fraction=1.0, so the runs take disjoint tenths); null: batches_per_run.
+    # Of the training windows, each run's data, in as many full batches as fit (hessian=published:
+    # 0.1, the paper's 10 % per run, drawn from hessian.fraction=1.0, so the ten runs are disjoint);
+    # null: batches_per_run.
     run_fraction: Optional[float] = added_field(None, neutral=None)
     # Form each Hessian-vector product batch by batch, rebuilding and freeing each batch's graph
     # (memory of one batch, one forward + first backward per batch and step) instead of keeping
