@@ -367,7 +367,17 @@ class HessianConfig:
     fraction: float = 0.1  # of the training windows: the pool the runs draw their batches from
     runs: int = 10  # independent estimates per layer (each on its own batches)
     batch_size: int = 32
-    batches_per_run: int = 1  # the Hessian of a run is that of the mean loss over these batches
+    # The Hessian of a run is that of the mean loss over these batches; null: as many as
+    # hessian.run_fraction of the training windows fill (set exactly one of the two).
+    batches_per_run: Optional[int] = 1
+    # Of the training windows, each run's data, in as many full batches as fit (hessian=published:
+    # 0.1, the paper's 10 % per run, drawn from hessian.fraction=1.0, so the ten runs are disjoint);
+    # null: batches_per_run.
+    run_fraction: Optional[float] = added_field(None, neutral=None)
+    # Form each Hessian-vector product batch by batch, rebuilding and freeing each batch's graph
+    # (memory of one batch, one forward + first backward per batch and step) instead of keeping
+    # every batch's graph for the whole run. Same numbers; not part of the Hessian cache key.
+    stream: bool = added_field(False, neutral=False)
     max_iters: int = 50  # power-iteration cap
     tol: float = 1e-3  # converged when ||Hv - lam v|| <= tol |lam| (lam then within tol of an eigenvalue)
     on_no_convergence: str = "warn"  # warn (logged with layer and run, recorded) | error
@@ -383,8 +393,15 @@ class HessianConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.fraction <= 1, "hessian.fraction", f"must be in (0, 1], got {self.fraction}")
-        for key in ("runs", "batch_size", "batches_per_run", "max_iters", "trace_samples"):
+        for key in ("runs", "batch_size", "max_iters", "trace_samples"):
             _check(getattr(self, key) >= 1, f"hessian.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _check((self.batches_per_run is None) != (self.run_fraction is None), "hessian.run_fraction",
+               f"set exactly one of hessian.batches_per_run and hessian.run_fraction (null the other), got "
+               f"{self.batches_per_run} and {self.run_fraction}")
+        _check(self.batches_per_run is None or self.batches_per_run >= 1, "hessian.batches_per_run",
+               f"must be >= 1 or null, got {self.batches_per_run}")
+        _check(self.run_fraction is None or 0 < self.run_fraction <= self.fraction, "hessian.run_fraction",
+               f"must be in (0, hessian.fraction = {self.fraction}] or null, got {self.run_fraction}")
         _check(0 < self.tol < 1, "hessian.tol", f"must be in (0, 1), got {self.tol}")
         _one_of(self.on_no_convergence, ("warn", "error"), "hessian.on_no_convergence")
         _one_of(self.sensitivity, SENSITIVITIES, "hessian.sensitivity")

@@ -47,9 +47,26 @@ def test_mixed_precision_runs_once_and_is_reused(compose_cfg, tmp_path):
     assert sorted(layer_bits(mp24)) == [2, 4]
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
+    # streamed products give the same numbers: the cached analysis serves a streamed run too
+    streamed = run(compose_cfg(["task=sst2", *MP, *shared, "hessian.stream=true"], output_dir=tmp_path / "st"))
+    assert streamed["mixed_precision"]["from_cache"] and streamed["mixed_precision"]["scores"] == mp["scores"]
+
     reseeded = run(compose_cfg(["task=sst2", *MP, *shared, "hessian.seed=7"], output_dir=tmp_path / "s7"))
     assert not reseeded["mixed_precision"]["from_cache"]
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_run_fraction_analysis_streams_its_batches(compose_cfg, tmp_path):
+    # hessian=published's form (a share of the training data per run, streamed) on the tiny run
+    results = run(compose_cfg(["task=sst2", *MP, "hessian.batches_per_run=null", "hessian.run_fraction=0.25",
+                               "hessian.stream=true", f"finetuned_dir={tmp_path / 'ft'}",
+                               f"hessian.cache_dir={tmp_path / 'cache'}"], output_dir=tmp_path / "rf"))
+    assert not results["mixed_precision"]["from_cache"]
+    record = json.loads((tmp_path / "rf" / "hessian" / "sensitivity.json").read_text())
+    timing = record["timing"]
+    assert timing["stream"] and timing["batches_per_run"] >= 2 and timing["passes"] >= 2
+    assert [len(r) for r in record["batches"]] == [8 * timing["batches_per_run"]] * 2  # batch_size 8, 2 runs
+    assert record["settings"]["run_fraction"] == 0.25
 
 
 def test_ilp_allocation_with_trace_sensitivity_on_token_classification(compose_cfg, tmp_path):

@@ -135,8 +135,14 @@ def hutchinson_trace(hvp: HVP, shapes: Sequence[torch.Size], generator: torch.Ge
     for _ in range(samples):
         z = random_vector(shapes, generator, like, kind="rademacher")
         values.append(float(dot(hvp(z), z)))
-    t = torch.tensor(values, dtype=torch.float64)
+    return trace_from_samples(values)
+
+
+def trace_from_samples(values: Sequence[float]) -> TraceEstimate:
+    """Mean and standard error of Hutchinson samples ``z^T H z``; non-finite ones raise."""
+    samples = len(values)
+    t = torch.tensor(list(values), dtype=torch.float64)
     if not torch.isfinite(t).all():
-        raise FloatingPointError(f"non-finite trace sample among {values}")
+        raise FloatingPointError(f"non-finite trace sample among {list(values)}")
     stderr = float(t.std() / math.sqrt(samples)) if samples > 1 else math.inf
     return TraceEstimate(float(t.mean()), stderr, samples)

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 def analysis_settings(hc: HessianConfig, seed: int) -> dict[str, Any]:
     """The settings that change the result (cache_dir and plots do not)."""
     settings = dataclasses.asdict(hc)
-    for key in ("cache_dir", "plots", "on_no_convergence"):
+    for key in ("cache_dir", "plots", "on_no_convergence", "stream"):  # stream: how, not what
         settings.pop(key)
+    if settings["run_fraction"] is None:  # unset: the key analyses cached before it existed had
+        settings.pop("run_fraction")
     settings["seed"] = seed if hc.seed is None else hc.seed
     settings["with_trace"] = hc.sensitivity == "trace"
     settings.pop("sensitivity")  # eigenvalues are always computed; the trace only on request
@@ -69,8 +71,10 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
             log.info("Hessian sensitivity: reusing %s", candidate)
             return found, candidate, True
 
-    log.info("Hessian sensitivity: computing (%d runs, %d batch(es) of %d, %.0f%% of the training data)",
-             hc.runs, hc.batches_per_run, hc.batch_size, 100 * hc.fraction)
+    per_run = (f"{hc.batches_per_run} batch(es) of {hc.batch_size}" if hc.batches_per_run is not None else
+               f"{100 * hc.run_fraction:g}% of the training data in batches of {hc.batch_size}")
+    log.info("Hessian sensitivity: computing (%d runs, each on %s drawn from %g%% of the training data%s)",
+             hc.runs, per_run, 100 * hc.fraction, ", streamed" if hc.stream else "")
     datamodule.setup("fit")
     device = "cuda" if run_cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     was_training = model.training
@@ -80,6 +84,7 @@ def sensitivity_for(model: nn.Module, datamodule, run_cfg: RunConfig) -> tuple[S
         with eager_attention(model):  # SDPA kernels have no double backward
             sens = analyze(model, datamodule.train_features.inputs, datamodule.collate, AnalysisSettings(
                 fraction=hc.fraction, runs=hc.runs, batch_size=hc.batch_size, batches_per_run=hc.batches_per_run,
+                run_fraction=hc.run_fraction, stream=hc.stream,
                 max_iters=hc.max_iters, tol=hc.tol, with_trace=settings["with_trace"],
                 trace_samples=hc.trace_samples, on_no_convergence=hc.on_no_convergence, seed=settings["seed"],
                 landscape_layers=hc.landscape_layers, landscape_points=hc.landscape_points,

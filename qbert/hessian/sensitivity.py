@@ -1,8 +1,9 @@
 """Per-layer Hessian sensitivity: Q-BERT's top-eigenvalue distribution, HAWQ-v2's trace.
 
-For each of ``runs`` runs, a batch set is drawn from a ``fraction`` of the training windows; the
-Hessian of the mean loss over it is restricted to each encoder layer's weights (``BlockHessian``)
-and its top eigenvalue found by power iteration (and, if asked, its trace by Hutchinson). The
+For each of ``runs`` runs, a batch set (``batches_per_run`` batches, or ``run_fraction`` of the
+training windows) is drawn from a pool of ``fraction`` of the training windows; the Hessian of
+the mean loss over it is restricted to each encoder layer's weights (``BlockHessian``, or
+``StreamedBlockHessian`` with ``stream``) and its top eigenvalue found by power iteration (and, if asked, its trace by Hutchinson). The
 runs give a distribution per layer; Q-BERT's sensitivity is
 
     Omega_i = |mean_r(lambda_i,r)| + std_r(lambda_i,r)      (population std over the runs)
@@ -27,8 +28,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from qbert.hessian.eigen import EigenEstimate, hutchinson_trace, power_iteration
-from qbert.hessian.hvp import BlockHessian, layer_blocks, task_loss
+from qbert.hessian.eigen import EigenEstimate, PowerIteration, dot, random_vector, trace_from_samples
+from qbert.hessian.hvp import BlockHessian, StreamedBlockHessian, layer_blocks, task_loss
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def draw_run_batches(num_windows: int, fraction: float, runs: int, windows_per_r
     if pool_size < windows_per_run:
         raise ValueError(
             f"config key 'hessian.fraction': {fraction} of {num_windows} training windows is {pool_size}, "
-            f"fewer than one run needs (batch_size x batches_per_run = {windows_per_run})")
+            f"fewer than one run needs ({windows_per_run} = hessian.batch_size x the batches of a run)")
     pool = torch.randperm(num_windows, generator=generator)[:pool_size]
     order, cursor, out = pool[torch.randperm(pool_size, generator=generator)], 0, []
     for _ in range(runs):
@@ -129,7 +130,7 @@ class AnalysisSettings:
     fraction: float = 0.1  # of the training windows: the pool each run draws its batches from
     runs: int = 10
     batch_size: int = 32
-    batches_per_run: int = 1
+    batches_per_run: Optional[int] = 1  # None: as many as run_fraction of the training windows fill
     max_iters: int = 50
     tol: float = 1e-3
     with_trace: bool = False
@@ -140,76 +141,119 @@ class AnalysisSettings:
     landscape_points: int = 21
     landscape_radius: float = 0.5
     progress: bool = True
+    run_fraction: Optional[float] = None  # of the training windows, each run's data (batches_per_run=None)
+    stream: bool = False  # StreamedBlockHessian: one batch's graph in memory at a time, same numbers
+
+
+def batches_per_run_for(num_windows: int, batch_size: int, batches_per_run: Optional[int],
+                        run_fraction: Optional[float]) -> int:
+    """The batches of one run: ``batches_per_run``, or (None) as many full batches as fit in
+    ``run_fraction`` of the training windows (rounded down, so 1 / run_fraction runs never need
+    more than all of them and stay disjoint: 10 % of SST-2's 67,349 sentences = 6,734.9 -> 210
+    batches of 32)."""
+    if (batches_per_run is None) == (run_fraction is None):
+        raise ValueError("config keys 'hessian.batches_per_run' and 'hessian.run_fraction': set exactly one "
+                         f"(got {batches_per_run} and {run_fraction})")
+    if batches_per_run is not None:
+        return batches_per_run
+    return max(1, math.floor(run_fraction * num_windows / batch_size))
 
 
 def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[dict]], dict[str, Tensor]],
             settings: AnalysisSettings = AnalysisSettings()) -> Sensitivity:
     """Run the analysis on ``model`` as it is (its mode, attention kernel and device are the
-    caller's: use eval mode and eager attention)."""
+    caller's: use eval mode and eager attention).
+
+    The layers of a run are iterated in lockstep: each step asks the operator for the products
+    of every layer still iterating, which a ``StreamedBlockHessian`` (``stream``) forms in one
+    pass over the run's batches. Each layer has its own seeded generator (start vector, then the
+    trace's probes), so the numbers do not depend on the order, nor on ``stream``."""
     st = settings
-    fraction, runs, batch_size, batches_per_run = st.fraction, st.runs, st.batch_size, st.batches_per_run
+    fraction, runs, batch_size = st.fraction, st.runs, st.batch_size
     max_iters, tol, with_trace, trace_samples, seed = st.max_iters, st.tol, st.with_trace, st.trace_samples, st.seed
     on_no_convergence, landscape_layers = st.on_no_convergence, st.landscape_layers
     landscape_points, landscape_radius, progress = st.landscape_points, st.landscape_radius, st.progress
     started = time.perf_counter()
     blocks = layer_blocks(model)
-    layers = [f"encoder.layer.{i}" for i in range(len(blocks))]  # layer_blocks returns them in order
+    num_layers = len(blocks)
+    layers = [f"encoder.layer.{i}" for i in range(num_layers)]  # layer_blocks returns them in order
+    batches_per_run = batches_per_run_for(len(windows), batch_size, st.batches_per_run, st.run_fraction)
     generator = torch.Generator().manual_seed(seed)
     run_windows = draw_run_batches(len(windows), fraction, runs, batch_size * batches_per_run, generator)
-    landscape_layers = range(len(blocks)) if landscape_layers is None else landscape_layers
+    landscape_layers = range(num_layers) if landscape_layers is None else landscape_layers
     like = blocks[0][0][1]
+    params = [p for b in blocks for _, p in b]
 
-    eig = [[math.nan] * len(blocks) for _ in range(runs)]
-    iters = [[0] * len(blocks) for _ in range(runs)]
-    conv = [[False] * len(blocks) for _ in range(runs)]
-    resid = [[math.nan] * len(blocks) for _ in range(runs)]
-    traces = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
-    stderr = [[math.nan] * len(blocks) for _ in range(runs)] if with_trace else None
+    eig = [[math.nan] * num_layers for _ in range(runs)]
+    iters = [[0] * num_layers for _ in range(runs)]
+    conv = [[False] * num_layers for _ in range(runs)]
+    resid = [[math.nan] * num_layers for _ in range(runs)]
+    traces = [[math.nan] * num_layers for _ in range(runs)] if with_trace else None
+    stderr = [[math.nan] * num_layers for _ in range(runs)] if with_trace else None
     losses, landscape = [], {}
-    setup_s = hvp_s = fwd_bwd_s = landscape_s = 0.0
+    setup_s = hvp_s = fwd_bwd_s = landscape_s = graph_s = 0.0
     calls = {"power": 0, "trace": 0}
+    passes = 0
     unconverged: list[str] = []
-    bar = _progress(runs * len(blocks), progress)
+    bar = _progress(runs * num_layers, progress)
+    operator = StreamedBlockHessian if st.stream else BlockHessian
     for r, indices in enumerate(run_windows):
         batches = [collate([windows[i] for i in indices[k:k + batch_size]])
                    for k in range(0, len(indices), batch_size)]
-        fwd_bwd_s += _time_forward_backward(model, batches, [p for b in blocks for _, p in b])
+        fwd_bwd_s += _time_forward_backward(model, batches[:1], params) * len(batches)
         t0 = time.perf_counter()
-        with BlockHessian(model, batches, blocks) as hessian:
+        with operator(model, batches, blocks) as hessian:
             setup_s += time.perf_counter() - t0
-            losses.append(hessian.loss)
-            for i in range(len(blocks)):
-                def hvp(v, i=i, kind="power"):
-                    nonlocal hvp_s
-                    t = time.perf_counter()
-                    out = hessian.hvp(i, v)
-                    hvp_s += time.perf_counter() - t
-                    calls[kind] += 1
-                    return out
 
-                rng = torch.Generator().manual_seed(seed * 1_000_003 + r * 1_009 + i)
-                try:
-                    est = power_iteration(hvp, hessian.shapes(i), rng, like, max_iters, tol)
-                    if with_trace:
-                        tr = hutchinson_trace(lambda v, i=i: hvp(v, i, "trace"), hessian.shapes(i), rng, like,
-                                              trace_samples)
-                        traces[r][i], stderr[r][i] = tr.value, tr.stderr
-                except FloatingPointError as err:
-                    raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
-                eig[r][i], iters[r][i], conv[r][i], resid[r][i] = est.value, est.iterations, est.converged, est.residual
-                if not est.converged:
-                    unconverged.append(_no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence))
-                if r == 0 and i in landscape_layers:
-                    t = time.perf_counter()
-                    landscape[layers[i]] = loss_along(model, batches, blocks[i], est.vector,
-                                                      landscape_radius, landscape_points)
-                    landscape_s += time.perf_counter() - t
-                bar.update(1)
-                bar.set_postfix(layer=i, run=r, eig=f"{est.value:.3g}")
+            def products(vectors: dict[int, list[Tensor]], kind: str) -> dict[int, list[Tensor]]:
+                nonlocal hvp_s
+                t = time.perf_counter()
+                out = hessian.hvp_many(vectors)
+                hvp_s += time.perf_counter() - t
+                calls[kind] += len(vectors)
+                return out
+
+            rngs = [torch.Generator().manual_seed(seed * 1_000_003 + r * 1_009 + i) for i in range(num_layers)]
+            its = [PowerIteration(hessian.shapes(i), rngs[i], like, max_iters, tol) for i in range(num_layers)]
+            while active := [i for i in range(num_layers) if not its[i].done]:
+                for i, hv in products({i: its[i].vector for i in active}, "power").items():
+                    try:
+                        its[i].step(hv)
+                    except FloatingPointError as err:
+                        raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
+            if with_trace:  # the same probes as hutchinson_trace draws, all layers per product pass
+                samples: list[list[float]] = [[] for _ in range(num_layers)]
+                for _ in range(trace_samples):
+                    probes = {i: random_vector(hessian.shapes(i), rngs[i], like, kind="rademacher")
+                              for i in range(num_layers)}
+                    for i, hz in products(probes, "trace").items():
+                        samples[i].append(float(dot(hz, probes[i])))
+                for i in range(num_layers):
+                    try:
+                        tr = trace_from_samples(samples[i])
+                    except FloatingPointError as err:
+                        raise SensitivityError(f"{layers[i]}, run {r}: {err}") from err
+                    traces[r][i], stderr[r][i] = tr.value, tr.stderr
+            losses.append(hessian.loss)
+            if st.stream:
+                passes += hessian.passes
+                graph_s += hessian.graph_s
+        for i, it in enumerate(its):
+            est = it.result()
+            eig[r][i], iters[r][i], conv[r][i], resid[r][i] = est.value, est.iterations, est.converged, est.residual
+            if not est.converged:
+                unconverged.append(_no_convergence(layers[i], r, est, max_iters, tol, on_no_convergence))
+            if r == 0 and i in landscape_layers:
+                t = time.perf_counter()
+                landscape[layers[i]] = loss_along(model, batches, blocks[i], est.vector,
+                                                  landscape_radius, landscape_points)
+                landscape_s += time.perf_counter() - t
+            bar.update(1)
+            bar.set_postfix(layer=i, run=r, eig=f"{est.value:.3g}")
     bar.close()
     if unconverged:  # one warning for the analysis; each case is in the record (converged)
         log.warning("%d of %d power iterations stopped at max_iters=%d before converging to tol=%g "
-                    "(raise hessian.max_iters or hessian.tol): %s", len(unconverged), runs * len(blocks),
+                    "(raise hessian.max_iters or hessian.tol): %s", len(unconverged), runs * num_layers,
                     max_iters, tol, "; ".join(unconverged))
     hvp_calls = calls["power"] + calls["trace"]
     per_hvp = hvp_s / max(hvp_calls, 1)
@@ -218,9 +262,14 @@ def analyze(model: nn.Module, windows: Sequence[dict], collate: Callable[[list[d
               "hvp_s": per_hvp, "landscape_s": landscape_s,
               # what Q-BERT's analysis alone costs: graphs + power-iteration products
               "power_iteration_s": setup_s + calls["power"] * per_hvp,
+              # one forward + backward over a run's batches (timed on its first batch, times the batches)
               "forward_backward_s": fwd_bwd_s / runs,
               "setup_over_forward_backward": setup_s / max(fwd_bwd_s, 1e-12),
-              "hvp_over_forward_backward": per_hvp / max(fwd_bwd_s / runs / batches_per_run, 1e-12)}
+              "hvp_over_forward_backward": per_hvp / max(fwd_bwd_s / runs / batches_per_run, 1e-12),
+              "batches_per_run": batches_per_run, "stream": st.stream,
+              # streamed: passes over a run's batches, and the seconds of their forwards + first
+              # backwards (rebuilding the graphs), inside hvp_total_s
+              "passes": passes, "graph_rebuild_s": graph_s}
     return Sensitivity(layers, [sum(p.numel() for _, p in b) for b in blocks], eig, iters, conv, traces,
                        stderr, run_windows, losses, landscape, timing, residuals=resid)
 
@@ -256,7 +305,7 @@ def loss_along(model: nn.Module, batches: list[dict[str, Tensor]], block: list[t
 
 
 def _time_forward_backward(model: nn.Module, batches: list[dict[str, Tensor]], params: list[nn.Parameter]) -> float:
-    """Seconds of one plain forward + backward over the run's batches: the unit an HVP is compared to."""
+    """Seconds of one plain forward + backward over ``batches``: the unit an HVP is compared to."""
     t = time.perf_counter()
     with torch.enable_grad():
         for b in batches:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch.func import functional_call
 
 from tiny_bert import HEADS, tiny_batch, tiny_model
 from qbert.hessian import BlockHessian, eager_attention, layer_blocks, task_loss
+from qbert.hessian import hvp as hvp_module
+from qbert.hessian.hvp import StreamedBlockHessian
 from qbert.data.features import model_inputs
 
 
@@ -129,3 +134,94 @@ def test_a_batch_without_labels_is_refused(model, batch):
     batch = {k: v for k, v in batch.items() if k != "labels"}
     with pytest.raises(ValueError, match="no loss"):
         BlockHessian(model, [batch])
+
+
+def _vectors(op, layers, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {i: [torch.randn(s, generator=g, dtype=torch.float64) for s in op.shapes(i)] for i in layers}
+
+
+def test_the_streamed_operator_gives_the_kept_graphs_numbers(model):
+    batches = [tiny_batch(seed=s) for s in (1, 2, 3)]
+    H = sum(explicit_block_hessian(model, b, 1) for b in batches) / 3
+    with BlockHessian(model, batches) as kept, StreamedBlockHessian(model, batches) as streamed:
+        vs = _vectors(kept, [0, 1])
+        a, b = kept.hvp_many(vs), streamed.hvp_many(vs)
+        assert streamed.passes == 1  # both layers in one pass over the batches
+        for i in (0, 1):
+            assert all(torch.allclose(x, y, rtol=1e-12, atol=1e-14) for x, y in zip(a[i], b[i]))
+        assert all(torch.allclose(x, y, rtol=1e-12, atol=1e-14)
+                   for x, y in zip(streamed.hvp(1, vs[1]), kept.hvp(1, vs[1])))
+        assert torch.allclose(flat(b[1]), H @ flat(vs[1]), rtol=1e-8, atol=1e-10)  # the mean loss's Hessian
+        assert streamed.loss == pytest.approx(kept.loss, rel=1e-12)
+        assert streamed.shapes(0) == kept.shapes(0) and streamed.num_parameters(1) == kept.num_parameters(1)
+    with pytest.raises(RuntimeError, match="closed"):
+        streamed.hvp(0, vs[0])
+
+
+def test_the_streamed_loss_before_any_product_is_the_mean_loss(model):
+    batches = [tiny_batch(seed=s) for s in (1, 2)]
+    with StreamedBlockHessian(model, batches) as streamed, BlockHessian(model, batches) as kept:
+        assert streamed.loss == pytest.approx(kept.loss, rel=1e-12) and streamed.passes == 0
+
+
+class _GraphCensus:
+    """Counts the autograd graph nodes of earlier batches still alive when each batch's graph is
+    built: every node reachable from a batch's loss and create_graph gradients gets a sentinel in
+    its ``metadata`` (stored on the C++ node, so it dies with the node). Memory, not timing."""
+
+    def __init__(self, monkeypatch):
+        self.sentinels: list[weakref.ref] = []
+        self.alive_at_batch: list[int] = []
+        self.per_batch: list[int] = []
+        real = hvp_module._graph_gradients
+
+        def tagging(model, batch, params):
+            self.alive_at_batch.append(self.alive())
+            loss, grads = real(model, batch, params)
+            self.per_batch.append(self._tag([loss.grad_fn] + [g.grad_fn for block in grads for g in block]))
+            return loss, grads
+
+        monkeypatch.setattr(hvp_module, "_graph_gradients", tagging)
+
+    def alive(self) -> int:
+        gc.collect()
+        return sum(r() is not None for r in self.sentinels)
+
+    def _tag(self, todo) -> int:
+        seen = {}  # id -> node: holding them keeps the ids unique during the walk
+        while todo:
+            node = todo.pop()
+            # AccumulateGrad nodes belong to the weights (shared by every batch), not to a graph
+            if node is None or id(node) in seen or type(node).__name__ == "AccumulateGrad":
+                continue
+            seen[id(node)] = node
+            sentinel = _Sentinel()
+            node.metadata["qbert_test_sentinel"] = sentinel
+            self.sentinels.append(weakref.ref(sentinel))
+            todo.extend(f for f, _ in node.next_functions)
+        return len(seen)
+
+
+class _Sentinel:
+    pass
+
+
+def test_streaming_holds_one_batch_graph_where_kept_graphs_grow_with_the_batches(model, monkeypatch):
+    batches = [tiny_batch(seed=s) for s in range(1, 5)]
+    streamed_census = _GraphCensus(monkeypatch)
+    streamed = StreamedBlockHessian(model, batches)
+    streamed.hvp_many(_vectors(streamed, [0, 1]))
+    streamed.hvp(1, _vectors(streamed, [1])[1])
+    assert len(streamed_census.per_batch) == 8 and min(streamed_census.per_batch) > 100  # two passes, real graphs
+    assert streamed_census.alive_at_batch == [0] * 8  # every earlier batch's graph freed before the next
+    assert streamed_census.alive() == 0  # and the last one after the pass
+
+    monkeypatch.undo()
+    kept_census = _GraphCensus(monkeypatch)
+    with BlockHessian(model, batches):
+        graph = kept_census.per_batch[0]
+        # one more graph per batch (less a dropped loss's own node)
+        assert all(k * (graph - 1) <= alive <= k * graph for k, alive in enumerate(kept_census.alive_at_batch))
+        assert kept_census.alive() >= 4 * (graph - 1)
+    assert kept_census.alive() == 0  # close() frees them

@@ -13,7 +13,7 @@ from qbert.data.module import PadCollator
 from qbert.hessian import SensitivityError, analyze, draw_run_batches
 from qbert.hessian import cache
 from qbert.hessian.sensitivity import AnalysisSettings as S
-from qbert.hessian.sensitivity import Sensitivity
+from qbert.hessian.sensitivity import Sensitivity, batches_per_run_for
 
 
 def windows(n=40, length=7, seed=0):
@@ -71,6 +71,51 @@ def test_analysis_is_deterministic_and_leaves_the_weights_alone():
     assert a.eigenvalues == b.eigenvalues and a.batches == b.batches
     assert c.batches != a.batches
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_streamed_analysis_gives_the_kept_graphs_numbers():
+    # 3 batches a run, eigenvalues and traces: streaming changes the memory, not the result.
+    settings = dict(seed=0, fraction=0.9, runs=2, batch_size=4, batches_per_run=3, max_iters=30, tol=1e-4,
+                    with_trace=True, trace_samples=3, landscape_layers=(), progress=False)
+    kept = analyze(tiny_model(), windows(), COLLATE, S(**settings))
+    streamed = analyze(tiny_model(), windows(), COLLATE, S(stream=True, **settings))
+    assert streamed.batches == kept.batches and streamed.iterations == kept.iterations
+    assert torch.allclose(torch.tensor(streamed.eigenvalues), torch.tensor(kept.eigenvalues), rtol=1e-10, atol=0)
+    assert torch.allclose(torch.tensor(streamed.traces), torch.tensor(kept.traces), rtol=1e-10, atol=0)
+    assert streamed.losses == pytest.approx(kept.losses, rel=1e-12)
+    t = streamed.timing
+    assert t["stream"] and t["batches_per_run"] == 3
+    # one pass per lockstep step (the slower layer's iterations) and per trace probe, per run
+    assert t["passes"] == sum(max(run) for run in streamed.iterations) + 2 * 3
+    assert t["power_hvp_calls"] == sum(map(sum, streamed.iterations)) and t["trace_hvp_calls"] == 2 * 2 * 3
+
+
+def test_run_fraction_gives_each_run_that_share_of_the_training_windows():
+    # SST-2: 10 % of 67,349 sentences = 6,734.9 -> 210 full batches of 32 (6,720 sentences)
+    assert batches_per_run_for(67_349, 32, None, 0.1) == 210
+    assert batches_per_run_for(67_349, 32, None, 0.0001) == 1  # at least one batch
+    assert batches_per_run_for(67_349, 32, 1, None) == 1
+    with pytest.raises(ValueError, match="exactly one"):
+        batches_per_run_for(100, 4, 2, 0.1)
+    with pytest.raises(ValueError, match="exactly one"):
+        batches_per_run_for(100, 4, None, None)
+    # 40 windows, runs of 20 % = 8 windows = 2 batches of 4, from the whole set: disjoint runs
+    sens = analyze(tiny_model(), windows(), COLLATE, S(seed=0, fraction=1.0, runs=3, batch_size=4,
+                   batches_per_run=None, run_fraction=0.2, stream=True, max_iters=3, tol=1e-3,
+                   landscape_layers=(), progress=False))
+    assert [len(r) for r in sens.batches] == [8, 8, 8]
+    assert len({i for r in sens.batches for i in r}) == 24
+    assert sens.timing["batches_per_run"] == 2
+
+
+@pytest.mark.parametrize("num_windows", [40, 43, 67_349])
+def test_published_runs_of_a_tenth_each_take_disjoint_windows(num_windows):
+    # hessian=published: 10 runs of run_fraction=0.1 from the whole set never reuse a window
+    # (43 windows: 4.3 -> 1 batch of 4 a run; rounding up to 2 would need 80 windows and reshuffle)
+    per_run = 4 * batches_per_run_for(num_windows, 4, None, 0.1)
+    runs = draw_run_batches(num_windows, 1.0, 10, per_run, torch.Generator().manual_seed(0))
+    assert all(len(r) == per_run for r in runs)
+    assert len({i for r in runs for i in r}) == 10 * per_run
 
 
 def test_no_convergence_warns_with_layer_and_run_or_raises(caplog):
