@@ -42,13 +42,15 @@ def _skip(path: Path, why: str, consequence: str) -> None:
         log.warning("skipping %s: %s; %s", path, why, consequence)
 
 
-def find_finished(root: Path, chash: str, exclude: Path | None = None) -> Path | None:
-    """The folder of a finished job with this config hash under ``root`` (first by name). A
-    damaged results file is skipped, naming it: if it was this job's, the job runs again."""
-    if not root.is_dir():
-        return None
-    for path in sorted(root.glob(f"**/{RESULTS_FILE}")):
-        if exclude is not None and path.parent == exclude:
+def find_finished(root: Path, chash: str, own: Path | None = None) -> Path | None:
+    """The folder of a finished job with this config hash: the job's ``own`` folder first (the
+    same sweep re-run into the same ``hydra.sweep.dir``), else the first by name under ``root``.
+    A damaged results file is skipped, naming it: if it was this job's, the job runs again."""
+    candidates = [own / RESULTS_FILE] if own is not None else []
+    if root.is_dir():
+        candidates += sorted(root.glob(f"**/{RESULTS_FILE}"))
+    for path in candidates:
+        if not path.is_file():
             continue
         results = read_json(path)
         problem = "not a readable JSON object (damaged or half-written)" if results is None else results_problem(results)
@@ -138,7 +140,12 @@ def run_job(cfg: DictConfig, multirun: bool) -> dict | None:
     chash = job_hash(cfg)
     root = Path(sweep.resume_root)
     if sweep.skip_finished:
-        finished = find_finished(root, chash, exclude=run_dir)
+        finished = find_finished(root, chash, own=run_dir)
+        if finished == run_dir:  # this very folder finished it earlier: keep its results as they are
+            log.info("job %s already finished in this folder %s: keeping its results", chash, run_dir)
+            print(f"[qbert] skipped (finished earlier in this folder): {cfg.task.name} / {cfg.quant.method} seed {cfg.seed}")
+            _write_job(run_dir, config_hash=chash, status="finished")  # a killed re-run may have said "running"
+            return read_json(run_dir / RESULTS_FILE)
         if finished is not None:
             log.info("job %s already finished in %s: reusing its results", chash, finished)
             print(f"[qbert] skipped (finished in {finished}): {cfg.task.name} / {cfg.quant.method} seed {cfg.seed}")

@@ -74,6 +74,17 @@ def test_sweep_isolates_a_failure_reports_it_and_a_rerun_skips_finished_jobs(tmp
     assert (jobs2[1] / "error.json").is_file()
     assert "skipped (finished in" in second.stdout
 
+    # the same command into the same sweep folder (how a killed table is continued): the finished
+    # job keeps its folder's results untouched, the failed one runs again
+    results_file = jobs[0] / "results.json"
+    before = (results_file.read_bytes(), results_file.stat().st_mtime_ns)
+    third = qbert_multirun(tmp_path, "first", "row=qbert_w2", "quant.groups=16,3", "logger=wandb")
+    assert third.returncode == 1
+    assert "skipped (finished earlier in this folder): sst2 / qbert seed 42" in third.stdout, third.stdout[-3000:]
+    assert (results_file.read_bytes(), results_file.stat().st_mtime_ns) == before
+    assert json.loads((jobs[0] / "job.json").read_text())["status"] == "finished"
+    assert len(list((jobs[0] / "wandb").glob("offline-run-*"))) == 1  # nothing trained or logged again
+
 
 def test_interrupted_job_resumes_from_its_last_checkpoint(tmp_path):
     done = qbert_multirun(tmp_path, "first", "row=directq_w2", "trainer.save_checkpoints=true")
