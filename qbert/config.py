@@ -267,6 +267,14 @@ class QuantConfig:
     # mkq: gradient rule of the learned scales, and their own learning rate (null = quant.lr).
     scale_grad: str = "lsq"
     scale_lr: Optional[float] = None
+    # mkq: true W4A4, the operands of the attention matmuls (Q and K of the scores, the
+    # probabilities P and V of the context) quantized at a_bits too, each with a learned step
+    # (P on an unsigned grid); false: only the Linear inputs (qbert/quant/attention.py). qbert-export
+    # refuses such a run: its packed format computes attention in float.
+    attention_operands: bool = added_field(False, neutral=False)
+    # mkq: every learned asymmetric offset kept on the integer grid (offset = -zero_point * step,
+    # rounded in the forward pass), as an integer kernel needs; false: LSQ+'s float offset.
+    integer_zero_points: bool = added_field(False, neutral=False)
     # Hessian mixed precision (qbert_mp; the analysis itself is set in `hessian`). allocation=rule:
     # each encoder layer gets w_bits (low) or high_bits, the most sensitive ones high_bits; how
     # many: high_layers, else the most that keep the mean width <= avg_bits, else half the layers.
@@ -297,6 +305,11 @@ class QuantConfig:
         _check(self.max_steps is None or self.max_steps >= 1, "quant.max_steps",
                f"must be >= 1 or null, got {self.max_steps}")
         _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
+        _check(not self.integer_zero_points or not self.symmetric or self.attention_operands,
+               "quant.integer_zero_points", "symmetric inputs (quant.symmetric=true) have no offset to round; "
+               "set quant.symmetric=false, or quant.attention_operands=true for the probabilities' offset")
+        _check(not self.attention_operands or self.a_bits < 32, "quant.attention_operands",
+               "quant.a_bits=32 quantizes no activation: there is no width for the attention operands")
         for key in ("w_bits", "e_bits", "a_bits"):
             _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
         _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
