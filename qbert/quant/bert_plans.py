@@ -181,8 +181,8 @@ def mkq_plan(w_bits: int = 4, a_bits: int = 4, e_bits: int = 8, groups: Groups =
     integer grid."""
     spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=a_symmetric, learned=scale_grad,
                      integer_zero_point=integer_zero_points)
-    qkv = spec.replace(attn_operands=attention_operands)
-    plan = [(_layer(prefix, None, QKV), qkv), (_layer(prefix, None, f"(?:{ATTN_OUT}|{FFN})"), spec)]
+    (qkv_key, qkv), *rest = _layer_entries(prefix, None, spec, groups)
+    plan = [(qkv_key, qkv.replace(attn_operands=attention_operands)), *rest]
     return plan + _embedding_entries(prefix, e_bits, 1, True, False)
 
 
