@@ -45,6 +45,8 @@ A_SITES = ("qkv", "attn_out", "ffn_in", "ffn_out")  # = qbert.quant.input_ranges
 LOGGERS = ("none", "csv", "wandb")
 EVAL_CHECKPOINTS = ("last", "best")
 VALIDATE_MODES = ("auto", "always", "never")
+HIDDEN_LOSSES = ("mse", "normalized_mse")  # distillation of hidden states (qbert.train.distill)
+ATTENTION_LOSSES = ("mse", "kl")  # distillation of attention probabilities
 
 
 def added_field(default: Any, neutral: Any) -> Any:
@@ -265,6 +267,14 @@ class QuantConfig:
     # mkq: gradient rule of the learned scales, and their own learning rate (null = quant.lr).
     scale_grad: str = "lsq"
     scale_lr: Optional[float] = None
+    # mkq: true W4A4, the operands of the attention matmuls (Q and K of the scores, the
+    # probabilities P and V of the context) quantized at a_bits too, each with a learned step
+    # (P on an unsigned grid); false: only the Linear inputs (qbert/quant/attention.py). qbert-export
+    # refuses such a run: its packed format computes attention in float.
+    attention_operands: bool = added_field(False, neutral=False)
+    # mkq: every learned asymmetric offset kept on the integer grid (offset = -zero_point * step,
+    # rounded in the forward pass), as an integer kernel needs; false: LSQ+'s float offset.
+    integer_zero_points: bool = added_field(False, neutral=False)
     # Hessian mixed precision (qbert_mp; the analysis itself is set in `hessian`). allocation=rule:
     # each encoder layer gets w_bits (low) or high_bits, the most sensitive ones high_bits; how
     # many: high_layers, else the most that keep the mean width <= avg_bits, else half the layers.
@@ -295,6 +305,11 @@ class QuantConfig:
         _check(self.max_steps is None or self.max_steps >= 1, "quant.max_steps",
                f"must be >= 1 or null, got {self.max_steps}")
         _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
+        _check(not self.integer_zero_points or not self.symmetric or self.attention_operands,
+               "quant.integer_zero_points", "symmetric inputs (quant.symmetric=true) have no offset to round; "
+               "set quant.symmetric=false, or quant.attention_operands=true for the probabilities' offset")
+        _check(not self.attention_operands or self.a_bits < 32, "quant.attention_operands",
+               "quant.a_bits=32 quantizes no activation: there is no width for the attention operands")
         for key in ("w_bits", "e_bits", "a_bits"):
             _one_of(getattr(self, key), QUANT_BITS, f"quant.{key}")
         _check(self.groups >= 1, "quant.groups", f"must be >= 1, got {self.groups}")
@@ -413,11 +428,12 @@ class HessianConfig:
 class DistillConfig:
     """Knowledge distillation from the full-precision fine-tuned model of the same task.
 
-    ``quant=mkq`` turns it on; ``distill.enabled=false`` is the ablation. The loss is
+    Any method that trains can distil (``distill.enabled=true``); ``quant=mkq`` turns it on
+    (``distill.enabled=false`` is its ablation), the other paper rows leave it off. The loss is
     ``labels_weight * task loss + logits_weight * T^2 * KL(teacher_T || student_T)`` (soft
     cross-entropy at temperature T, minus the teacher's entropy so that it is 0 at equality)
-    ``+ hidden_weight * sum of per-layer MSE of hidden states + attention_weight * sum of
-    per-layer MSE of attention probabilities``.
+    ``+ hidden_weight * hidden term + attention_weight * attention term``, the two layer-wise
+    terms as ``hidden_loss`` / ``attention_loss`` say (qbert/train/distill.py).
     """
 
     enabled: bool = False
@@ -429,9 +445,20 @@ class DistillConfig:
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
     labels_weight: float = 1.0
+    # mse: the sum over the embedding output and every layer of the MSE of the hidden states
+    # (MKQ's loss so far: a few outlier dimensions of MiniLM dominate it); normalized_mse: per
+    # layer, each dimension's MSE divided by the teacher's variance of that dimension in the
+    # batch, averaged over dimensions, then over layers (about 2 for an unrelated student).
+    hidden_loss: str = added_field("mse", neutral="mse")
+    # mse: the sum over layers of the MSE of the attention probabilities (every key entry);
+    # kl: per layer, KL(teacher || student) of each non-padding query's attention row, averaged
+    # over heads and queries, then over layers.
+    attention_loss: str = added_field("mse", neutral="mse")
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, "distill.temperature", f"must be > 0, got {self.temperature}")
+        _one_of(self.hidden_loss, HIDDEN_LOSSES, "distill.hidden_loss")
+        _one_of(self.attention_loss, ATTENTION_LOSSES, "distill.attention_loss")
         for key in ("logits_weight", "hidden_weight", "attention_weight", "labels_weight"):
             _check(getattr(self, key) >= 0, f"distill.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(not self.enabled or self.logits_weight + self.hidden_weight + self.attention_weight > 0,
@@ -590,6 +617,9 @@ class RunConfig:
         if self.distill.enabled:
             _check(self.quant.method != "none", "distill.enabled",
                    "distillation trains a quantized student from its full-precision start: set a quant method")
+            from qbert.methods import get
+            _check(get(self.quant.method).trains, "distill.enabled",
+                   f"quant={self.quant.method} trains nothing (post-training only): there is no student to distil into")
             _check(not self.eval_only, "distill.enabled", "eval_only=true trains nothing to distil into")
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from qbert.export.packed_file import write_packed
 from qbert.export.packing import pack, to_codes
 from qbert.quant import FLOAT_BITS, QuantEmbedding, QuantLinear, compute_qparams, plan_from_dict, quantize_
+from qbert.quant.attention import quantized_attentions
 from qbert.quant.learned import LearnedActivationQuantizer, LearnedWeightQuantizer
 from qbert.quant.primitives import MIN_SCALE, qrange
 from qbert.quant.quantizers import ActivationQuantizer
@@ -54,7 +55,9 @@ def input_qparams(m: QuantLinear) -> tuple[str | None, Tensor | None]:
     if isinstance(iq, LearnedActivationQuantizer):
         if not bool(iq.initialized):
             raise ValueError("a learned input quantizer was never initialised (calibrate or train first)")
-        return "learned", torch.stack([iq.scale.detach().float().clamp(min=MIN_SCALE), iq.offset.detach().float()])
+        # the offset it computes with: with integer zero points, -zero_point * step exactly
+        offset = iq.effective_offset().detach().float()
+        return "learned", torch.stack([iq.scale.detach().float().clamp(min=MIN_SCALE), offset])
     assert isinstance(iq, ActivationQuantizer)
     if iq.dynamic:
         return "dynamic", None
@@ -69,6 +72,11 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
     if not quantized:
         raise ValueError("the model has no quantized module: nothing to pack (export a quantize_'d model)")
+    attentions = quantized_attentions(model)
+    if attentions:  # dropping them would export another model than the one evaluated
+        raise ValueError(f"{len(attentions)} self-attentions (e.g. {attentions[0]}) quantize their matmul operands "
+                         "(quant.attention_operands=true); the packed format and its kernels compute attention "
+                         "in float, so this model cannot be exported as it was evaluated")
     tensors: dict[str, Tensor] = {}
     for key, t in model.state_dict().items():
         owner = next((n for n in quantized if key.startswith(n + ".")), None)

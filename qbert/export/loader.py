@@ -58,6 +58,8 @@ def _check_module(path: Path, name: str, info: dict, spec: dict, target: nn.Modu
     shape = list(target.weight.shape)
     if info.get("shape") != shape:
         fail(f"weight shape {info.get('shape')} in the file, {shape} in the config")
+    if spec.get("attn_operands"):  # qbert-export refuses these; a file claiming one was not written by it
+        fail("its plan quantizes the attention matmul operands, which packed models compute in float")
     if info.get("w_bits") != spec["w_bits"] or info.get("a_bits") != spec["a_bits"]:
         fail(f"widths w{info.get('w_bits')}/a{info.get('a_bits')} do not match the plan's "
              f"w{spec['w_bits']}/a{spec['a_bits']}")

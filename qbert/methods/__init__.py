@@ -40,6 +40,9 @@ class Method:
     label: Callable[[Mapping[str, Any]], str]  # resolved run config -> the name a table prints
     trains: bool = True  # False: post-training only (eval_only)
     note: str = ""  # what it fixes, for the error message (e.g. "8-bit by definition")
+    # Its paper's recipe distils (its conf preset sets distill.enabled=true) and its label says
+    # whether a run did; any other method that trains may distil too, and its label then says so.
+    distills: bool = False
 
     def reads_when(self, eval_only: bool) -> frozenset[str]:
         """The settings read in a run: the QAT recipe only when it trains, calibration only
@@ -152,11 +155,26 @@ def plan_for(quant: Any, num_heads: int, layer_bits: LayerBits = None):
     return get(quant.method).build(quant, num_heads, layer_bits)
 
 
+def normalized_distillation(config: Mapping[str, Any]) -> bool:
+    """Whether a run distilled with a normalised layer-wise loss (``distill.hidden_loss`` or
+    ``attention_loss`` not ``mse``; configs from before the keys: no)."""
+    distill = config.get("distill") or {}
+    return bool(distill.get("enabled")) and (distill.get("hidden_loss", "mse") != "mse"
+                                             or distill.get("attention_loss", "mse") != "mse")
+
+
 def label(config: Mapping[str, Any]) -> str:
-    """How a table names a run's method, from its resolved config (a dict)."""
+    """How a table names a run's method, from its resolved config (a dict); a method that
+    does not distil by recipe gets " + KD" (or " + normalized KD") when the run distilled."""
     name = ((config.get("quant") or {}).get("method")) or "none"
     known = methods()
-    return known[name].label(config) if name in known else name
+    if name not in known:
+        return name
+    method = known[name]
+    shown = method.label(config)
+    if not method.distills and (config.get("distill") or {}).get("enabled"):
+        shown += " + normalized KD" if normalized_distillation(config) else " + KD"
+    return shown
 
 
 def family(name: str) -> str:

@@ -171,12 +171,18 @@ def q8bert_plan(*, momentum: float = 0.9, dynamic: bool = False, prefix: Optiona
 
 
 def mkq_plan(w_bits: int = 4, a_bits: int = 4, e_bits: int = 8, groups: Groups = 1, *,
-             scale_grad: str = "lsq", a_symmetric: bool = False, prefix: Optional[str] = None) -> Plan:
+             scale_grad: str = "lsq", a_symmetric: bool = False, attention_operands: bool = False,
+             integer_zero_points: bool = False, prefix: Optional[str] = None) -> Plan:
     """MKQ-BERT: every encoder Linear with a learned weight step (symmetric, ``groups`` row
     groups) and a learned input step + offset (asymmetric, LSQ+); embeddings at ``e_bits`` with
-    max-abs ranges (their input is token ids, so there is nothing to learn about an activation)."""
-    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=a_symmetric, learned=scale_grad)
-    plan = _layer_entries(prefix, None, spec, groups)
+    max-abs ranges (their input is token ids, so there is nothing to learn about an activation).
+    ``attention_operands``: the attention matmuls' operands (Q, K, P, V) at ``a_bits`` too (true
+    W4A4, ``qbert.quant.attention``); ``integer_zero_points``: every learned offset on the
+    integer grid."""
+    spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=a_symmetric, learned=scale_grad,
+                     integer_zero_point=integer_zero_points)
+    (qkv_key, qkv), *rest = _layer_entries(prefix, None, spec, groups)
+    plan = [(qkv_key, qkv.replace(attn_operands=attention_operands)), *rest]
     return plan + _embedding_entries(prefix, e_bits, 1, True, False)
 
 

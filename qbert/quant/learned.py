@@ -75,6 +75,11 @@ def floor_ste(x: Tensor, floor: float = MIN_SCALE) -> Tensor:
     return _FloorSTE.apply(x, floor)
 
 
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity backward."""
+    return x + (torch.round(x) - x).detach()
+
+
 class _LSQFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, offset: Tensor, qmin: int, qmax: int, grad_scale: float) -> Tensor:
@@ -190,15 +195,20 @@ class LearnedWeightQuantizer(_Learned):
 
 class LearnedActivationQuantizer(_Learned):
     """Per-tensor fake quantization of a Linear's input with a trainable step and, asymmetric
-    (LSQ+), a trainable offset; initialised from calibration data (see module docstring)."""
+    (LSQ+), a trainable offset; initialised from calibration data (see module docstring).
+
+    ``integer_zero_point``: the offset used is ``-round(-offset / step) * step``, the latent
+    offset rounded onto the step's grid (straight-through gradient), so the quantizer is
+    ``step * (q - zero_point)`` with an integer zero point that an integer kernel can fold in;
+    without it the offset is any float (LSQ+)."""
 
     _state_names = ("scale", "offset", "initialized", "calibrated_batches")
 
     def __init__(self, bits: int, symmetric: bool = False, scale_grad: str = "lsq",
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, integer_zero_point: bool = False) -> None:
         super().__init__()
         self.bits = check_bits(bits, "a_bits")
-        self.symmetric, self.scale_grad = symmetric, scale_grad
+        self.symmetric, self.scale_grad, self.integer_zero_point = symmetric, scale_grad, integer_zero_point
         self.observing = False  # set by surgery.calibration(): initialise from these batches
         self.scale = nn.Parameter(torch.ones((), device=device))
         # Symmetric: the offset stays 0 and gets no gradient.
@@ -233,8 +243,21 @@ class LearnedActivationQuantizer(_Learned):
         qmin, qmax = qrange(self.bits, self.symmetric)
         per_example = x[0].numel() if x.ndim > 1 else x.numel()
         g = grad_scale_for(self.scale_grad, per_example, qmax)
-        return lsq_fake_quantize(x, self.scale, self.offset, self.bits, self.symmetric, g)
+        return lsq_fake_quantize(x, self.scale, self.effective_offset(), self.bits, self.symmetric, g)
+
+    def effective_offset(self) -> Tensor:
+        """The offset the quantizer computes with (see the class docstring)."""
+        if not self.integer_zero_point or self.symmetric:
+            return self.offset
+        step = floor_ste(self.scale, MIN_SCALE)
+        return round_ste(self.offset / step) * step
+
+    @torch.no_grad()
+    def zero_point(self) -> Tensor:
+        """``-effective_offset / step``: exactly an integer (as a float tensor) with ``integer_zero_point``."""
+        ratio = self.offset / self.scale.clamp(min=MIN_SCALE)
+        return -torch.round(ratio) if self.integer_zero_point and not self.symmetric else -ratio
 
     def extra_repr(self) -> str:
-        kind = "sym" if self.symmetric else "asym"
+        kind = "sym" if self.symmetric else "asym" + (", integer zero point" if self.integer_zero_point else "")
         return f"bits={self.bits}, {kind}, learned={self.scale_grad}"

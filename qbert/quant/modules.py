@@ -67,7 +67,8 @@ class QuantLinear(nn.Linear):
         self.weight_quantizer = weight_quantizer_for(spec, out_features, name, qdevice)
         self.input_quantizer: Optional[nn.Module] = None
         if spec.a_bits < FLOAT_BITS and spec.learned is not None:
-            self.input_quantizer = LearnedActivationQuantizer(spec.a_bits, spec.symmetric, spec.learned, qdevice)
+            self.input_quantizer = LearnedActivationQuantizer(spec.a_bits, spec.symmetric, spec.learned, qdevice,
+                                                              integer_zero_point=spec.integer_zero_point)
         elif spec.a_bits < FLOAT_BITS:
             self.input_quantizer = ActivationQuantizer(
                 spec.a_bits, spec.symmetric, spec.momentum, spec.range, spec.percentile,

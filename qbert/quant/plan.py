@@ -33,6 +33,8 @@ REGEX_PREFIX = "re:"
 # Gradient rules of a learned scale (qbert.quant.learned): LSQ with its gradient scaling, or
 # without it. MKQ-BERT's own rule is not implemented: its definition was not available offline.
 SCALE_GRADS: tuple[str, ...] = ("lsq", "lsq_unscaled")
+# QuantSpec flags added after maps were saved: left out of to_dict while off
+ADDED_FLAGS: tuple[str, ...] = ("per_token", "attn_operands", "integer_zero_point")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class QuantSpec:
     scale (``"lsq"``, ``"lsq_unscaled"``; see ``qbert.quant.learned``): the weight scale and the
     input's scale (and, asymmetric, its offset) become trainable parameters of the module; the
     weight is then always symmetric and ``symmetric`` applies to the input only.
+    ``attn_operands`` (a self-attention's query/key/value projection, learned scales only): its
+    output, an operand of the attention matmuls, is quantized at ``a_bits`` too; set on all
+    three projections of a self-attention, the attention probabilities are as well (see
+    ``qbert.quant.attention``). ``integer_zero_point`` (learned scales only): an asymmetric
+    input's offset is kept on the integer grid, ``offset = -zero_point * step``.
     """
 
     w_bits: int = 8
@@ -70,6 +77,8 @@ class QuantSpec:
     w_range: Optional[str] = None
     w_grid: Optional[str] = None
     per_token: bool = False
+    attn_operands: bool = False
+    integer_zero_point: bool = False
 
     @property
     def weight_range(self) -> str:
@@ -120,6 +129,15 @@ class QuantSpec:
             raise ValueError(f"QuantSpec.w_range={self.w_range!r} must be None or one of {WEIGHT_RANGE_METHODS}")
         if self.w_grid is not None and self.w_grid not in GRIDS:
             raise ValueError(f"QuantSpec.w_grid={self.w_grid!r} must be None or one of {GRIDS}")
+        for field in ("attn_operands", "integer_zero_point"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"QuantSpec.{field}={getattr(self, field)!r} must be a bool")
+            if getattr(self, field) and (self.learned is None or self.a_bits == FLOAT_BITS):
+                raise ValueError(f"QuantSpec.{field} is implemented for learned (LSQ) input quantizers only: "
+                                 "it needs learned set and a_bits < 32")
+        if self.integer_zero_point and self.symmetric and not self.attn_operands:
+            raise ValueError("QuantSpec.integer_zero_point: a symmetric input has no offset to round "
+                             "(set symmetric=False, or attn_operands for the probabilities' offset)")
         if self.learned is not None and (self.w_range is not None or self.w_grid is not None):
             raise ValueError("QuantSpec: a learned weight scale is its own range on the restricted symmetric grid; "
                              "w_range and w_grid must stay None")
@@ -129,8 +147,9 @@ class QuantSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if not self.per_token:  # added later: plans (and packed files) without it read as before
-            del d["per_token"]
+        for name in ADDED_FLAGS:  # added later: plans (and packed files) without them read as before
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod

@@ -11,7 +11,8 @@ Module names are relative to the module you pass: for a LightningModule holding 
 as ``self.model``, call ``quantize_(lit.model, plan)`` (names start with ``bert.``), or pass
 ``lit`` and let regex keys with an open prefix (the ``bert_plans`` builders' default) match
 ``model.bert...``. Only ``nn.Linear``/``nn.Embedding`` (exact types) are replaced;
-LayerNorm, softmax, GELU, dropout are never touched.
+LayerNorm, softmax, GELU, dropout are never touched. A self-attention whose query/key/value
+specs set ``attn_operands`` also gets its matmul operands quantized (``qbert.quant.attention``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
+from qbert.quant.attention import attention_operand_specs, quantize_attention_operands_, restore_attention_
 from qbert.quant.learned import LearnedActivationQuantizer
 from qbert.quant.modules import QUANT_MODULES, QuantEmbedding, QuantLinear
 from qbert.quant.plan import PlanLike, assign
@@ -45,15 +47,18 @@ def quantize_(model: nn.Module, plan: PlanLike) -> nn.Module:
     already = [n for n in chosen if isinstance(by_name[n], QUANTIZED_TYPES)]
     if already:
         raise ValueError(f"modules already quantized (call dequantize_ first): {already}")
-    # Build every replacement first, so a bad group count leaves the model untouched.
+    # Build every replacement first, so a bad group count (or attention spec) leaves the model untouched.
+    existing = {n: m.spec for n, m in modules if isinstance(m, QuantLinear)}
+    attentions = attention_operand_specs(model, {**existing, **chosen})
     new = {n: QUANT_MODULES[type(by_name[n])].from_float(by_name[n], spec, name=n) for n, spec in chosen.items()}
     for n, q in new.items():
         replace_module(model, n, q)
-    return model
+    return quantize_attention_operands_(model, attentions)
 
 
 def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
     """Inverse of ``quantize_``: plain modules with the float weights (``bake``: with Q(W))."""
+    restore_attention_(model)
     for name, m in list(model.named_modules()):
         if isinstance(m, QUANTIZED_TYPES):
             replace_module(model, name, m.to_float(bake=bake))

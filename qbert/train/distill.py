@@ -7,8 +7,12 @@
 * ``distillation_loss`` compares one student forward with one teacher forward on the same batch:
   logits (KL at temperature T, times T^2: the soft cross-entropy minus the teacher's entropy,
   the same gradient, and 0 when the student equals the teacher), hidden states (the embedding
-  output and every layer) and attention probabilities (every layer), each by MSE over the
-  tokens that are not padding.
+  output and every layer) and attention probabilities (every layer), over the tokens that are
+  not padding. ``mse`` sums each layer's plain MSE (MKQ's loss so far); the normalised forms
+  keep every layer's term O(1) and average over layers, so no layer and no outlier dimension
+  dominates: ``normalized_mse`` divides each hidden dimension's MSE by the teacher's variance
+  of that dimension in the batch (scaling one dimension of both models changes nothing),
+  ``kl`` compares each query's attention row as a distribution.
 * Attention maps need the eager attention kernel (SDPA returns none in transformers 5):
   ``needs_eager`` says when, and the pipeline switches both models with
   ``set_attn_implementation("eager")``.
@@ -88,8 +92,50 @@ def _masked_mse(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
     err = (s.float() - t.float()).square()
     while mask.ndim < err.ndim:
         mask = mask.unsqueeze(-1)
-    mask = mask.expand_as(err)
-    return (err * mask).sum() / mask.sum().clamp(min=1)
+    return _masked_mean(err, mask)
+
+
+def _normalized_mse(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dimensions of (MSE of the dimension) / (teacher's variance of it), both over
+    the tokens where ``mask`` [B, T] is 1: invariant to rescaling any dimension of both."""
+    s, t = s.float(), t.float()
+    m = mask.unsqueeze(-1)
+    n = m.sum().clamp(min=1)
+    mse = ((s - t).square() * m).sum((0, 1)) / n  # [hidden]
+    mean = (t * m).sum((0, 1)) / n
+    var = ((t - mean).square() * m).sum((0, 1)) / n
+    # A (near-)constant dimension would blow its term up: its variance is floored at 1e-4 of
+    # the median dimension's (the median, unlike the mean, does not move with one outlier).
+    return (mse / (var + 1e-4 * var.median() + 1e-12)).mean()
+
+
+def _attention_kl(s: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    """KL(teacher || student) per attention row [B, heads, query, key], over the keys the
+    student kept (its attention dropout zeroes some: both rows are renormalised over the rest;
+    without dropout that is every key with weight), averaged over heads and the non-padding
+    queries (``mask`` [B, 1, query])."""
+    s, t = s.float(), t.float()
+    kept = s > 0
+    t = torch.where(kept, t, torch.zeros_like(t))
+    t = t / t.sum(-1, keepdim=True).clamp(min=1e-12)
+    s = s / s.sum(-1, keepdim=True).clamp(min=1e-12)
+    log_s = torch.where(kept, s.clamp(min=1e-30).log(), torch.zeros_like(s))
+    kl = (torch.xlogy(t, t) - t * log_s).sum(-1)  # [B, heads, query]
+    return _masked_mean(kl, mask)
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _layer_term(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...], mask: Tensor, kind: str) -> Tensor:
+    """The hidden-state or attention term over all layers: ``mse`` sums the per-layer MSEs
+    (MKQ's loss so far), the normalised kinds average their O(1) per-layer terms."""
+    if kind == "mse":
+        return sum(_masked_mse(s, t, mask) for s, t in zip(student, teacher))
+    per_layer = _normalized_mse if kind == "normalized_mse" else _attention_kl
+    return torch.stack([per_layer(s, t, mask) for s, t in zip(student, teacher)]).mean()
 
 
 def _logits(output) -> list[Tensor]:
@@ -119,14 +165,14 @@ def distillation_loss(student, teacher, cfg: DistillConfig, attention_mask: Tens
         terms["logits"] = sum(_kl(s, t, cfg.temperature, mask) for s, t in zip(_logits(student), _logits(teacher)))
     if cfg.hidden_weight > 0:
         mask = _token_mask(attention_mask, student.hidden_states[0])
-        terms["hidden"] = sum(_masked_mse(s, t, mask) for s, t in zip(student.hidden_states, teacher.hidden_states))
+        terms["hidden"] = _layer_term(student.hidden_states, teacher.hidden_states, mask, cfg.hidden_loss)
     if cfg.attention_weight > 0:
         if not student.attentions or not teacher.attentions:
             raise RuntimeError("distillation of attention maps needs attn_implementation='eager' on both models")
         mask = _token_mask(attention_mask, student.hidden_states[0] if student.hidden_states else _logits(student)[0])
         # [B, heads, query, key]: the rows of the non-padding queries
         qmask = mask[:, None, :]
-        terms["attention"] = sum(_masked_mse(s, t, qmask) for s, t in zip(student.attentions, teacher.attentions))
+        terms["attention"] = _layer_term(student.attentions, teacher.attentions, qmask, cfg.attention_loss)
     terms["kd"] = (cfg.logits_weight * terms["logits"] + cfg.hidden_weight * terms["hidden"]
                    + cfg.attention_weight * terms["attention"])
     return terms

@@ -11,6 +11,8 @@ parameter group, without weight decay and at ``scale_lr``.
 
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import torch
 from transformers import get_linear_schedule_with_warmup
@@ -21,6 +23,8 @@ from qbert.eval.decode import decode
 from qbert.quant import quantization_map, set_fake_quant_
 
 SCALE_PARAMS = ("weight_quantizer.scale", "input_quantizer.scale", "input_quantizer.offset")
+# the learned steps/offsets of quantized attention matmuls (qbert.quant.attention)
+OPERAND_PARAMS = re.compile(r".*\.operand_quantizers\.\w+\.(?:scale|offset)")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_lr: float | None = None) -> list[dict]:
@@ -31,7 +35,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_l
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name.endswith(SCALE_PARAMS):
+        if name.endswith(SCALE_PARAMS) or OPERAND_PARAMS.fullmatch(name):
             scales.append(param)
         else:
             (no_decay if param.ndim < 2 else decay).append(param)

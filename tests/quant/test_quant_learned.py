@@ -196,11 +196,13 @@ def test_a_learned_model_is_rebuilt_from_its_quantization_map(make_model, tiny_b
         assert torch.equal(fresh(**inputs).logits, model(**inputs).logits)
 
 
-def test_scales_get_their_own_optimizer_group_without_weight_decay(make_model):
-    model = quantize_(make_model(), mkq_plan())
+@pytest.mark.parametrize("attention_operands", [False, True])
+def test_scales_get_their_own_optimizer_group_without_weight_decay(make_model, attention_operands):
+    model = quantize_(make_model(), mkq_plan(attention_operands=attention_operands))
     groups = param_groups(model, weight_decay=0.01, lr=2e-5, scale_lr=1e-3)
     scale_ids = {id(p) for n, p in model.named_parameters() if "quantizer" in n}
     assert len(groups) == 3 and {id(p) for p in groups[2]["params"]} == scale_ids
+    assert attention_operands == any("operand_quantizers" in n for n, p in model.named_parameters())
     assert groups[2]["weight_decay"] == 0.0 and groups[2]["lr"] == 1e-3
     assert not scale_ids & {id(p) for g in groups[:2] for p in g["params"]}
     assert param_groups(model, 0.01, 2e-5)[2]["lr"] == 2e-5  # no scale_lr: the run's lr

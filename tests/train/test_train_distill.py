@@ -47,14 +47,16 @@ def test_distillation_loss_is_zero_when_the_student_is_the_teacher(cls):
     assert all(terms[k].item() > 1e-7 for k in ("logits", "hidden", "attention"))  # random tiny models: near-uniform
 
 
-def test_distillation_loss_decreases_while_a_quantized_student_trains():
+@pytest.mark.parametrize("cfg", [ALL, DistillConfig(enabled=True, temperature=2.0, hidden_loss="normalized_mse",
+                                                   attention_loss="kl")], ids=["mse", "normalized"])
+def test_distillation_loss_decreases_while_a_quantized_student_trains(cfg):
     teacher = tiny()
     student = quantize_(tiny(seed=5), mkq_plan(groups=1))  # another init, and W4A4
     inputs = batch()
     with calibration(student), torch.no_grad():
         student(**inputs)
     student.train()
-    distiller = Distiller(teacher, ALL)
+    distiller = Distiller(teacher, cfg)
     opt = torch.optim.Adam(student.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
