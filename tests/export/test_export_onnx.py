@@ -6,6 +6,7 @@ exactly the packed codes and qbert's quantized activations, element by element."
 from __future__ import annotations
 
 import json
+from unittest.mock import patch
 
 import numpy as np
 import onnx
@@ -14,14 +15,14 @@ import torch
 from onnx import TensorProto, numpy_helper
 from transformers import BertConfig, BertForSequenceClassification
 
-from export_testing import PLANS as PACKED_PLANS
+import export_testing
 from export_testing import TINY, batch, quantized_tiny
 from qbert.export import export_packed, load_packed
 from qbert.export.cli import ONNX_TOLERANCE, main
 from qbert.export.modules import PackedLinear
 from qbert.export.onnx_export import export_onnx
 from qbert.export.onnx_runtime import OnnxModel
-from qbert.quant import calibration, qbert_plan, quantization_map, quantize_
+from qbert.quant import calibration, q8bert_plan, qbert_plan, quantization_map, quantize_
 from qbert.quant.primitives import FLOAT_BITS, compute_qparams, qrange, quantize, range_from_tensor
 
 # hidden 256: 128 groups are 2 rows of an attention matrix, 4 of the FFN's (not per channel)
@@ -32,6 +33,11 @@ GRANULARITY = {
     "heads": dict(groups=128, heads_as_groups=True, num_heads=TINY["num_attention_heads"]),
 }
 WIDTHS = (8, 4, 3, 2)
+# the export tests' plans, and two input kinds they lack: 4-bit EMA inputs (clipped at -7, not
+# int8's -128) and asymmetric per-batch ranges (a zero point computed in the graph)
+PLANS = {**export_testing.PLANS,
+         "qbert_w4a4_ema": lambda: qbert_plan(4, 8, 4, groups=16),
+         "q8bert_dynamic_asym": lambda: [(p, s.replace(dynamic=True, symmetric=False)) for p, s in q8bert_plan()]}
 WEIGHT_TYPE = {8: TensorProto.INT8, 4: TensorProto.INT4, 3: TensorProto.INT4, 2: TensorProto.INT2}
 
 
@@ -115,17 +121,22 @@ def test_every_width_and_granularity_matches_the_loader(bits, granularity, tmp_p
         torch.testing.assert_close(outs[node.output[0]], linears[module].dequantized_weight().t(), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("plan", sorted(PACKED_PLANS))
+def tiny(plan: str) -> torch.nn.Module:
+    with patch.dict(export_testing.PLANS, PLANS):
+        return quantized_tiny(plan)
+
+
+@pytest.mark.parametrize("plan", sorted(PLANS))
 def test_every_packed_plan_matches_the_loader(plan, tmp_path):
     """Per-tensor Q8BERT (EMA and dynamic inputs), asymmetric 3/2-bit weights, learned steps."""
-    loaded, proto, session = exported(quantized_tiny(plan), tmp_path)
+    loaded, proto, session = exported(tiny(plan), tmp_path)
     assert_matches_loader(loaded, session)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # standard operators only
 
 
-@pytest.mark.parametrize("plan", sorted(PACKED_PLANS))
+@pytest.mark.parametrize("plan", sorted(PLANS))
 def test_quantized_activations_are_qberts_codes_element_by_element(plan, tmp_path):
-    loaded, proto, _ = exported(quantized_tiny(plan), tmp_path)
+    loaded, proto, _ = exported(tiny(plan), tmp_path)
     linears = {n: m for n, m in quantized_linears(loaded).items() if m.input_kind is not None}
     roots = {n: input_chain_root(proto, n) for n in linears}
     debug = with_outputs(proto, [f"{n}.input.q" for n in linears] + sorted(set(roots.values())), tmp_path)
@@ -166,6 +177,13 @@ def test_asymmetric_weights_keep_their_zero_points(tmp_path):
 def test_export_refuses_a_model_that_is_not_packed(tmp_path):
     with pytest.raises(ValueError, match="packed model"):
         export_onnx(quantized_tiny("q8bert"), tmp_path / "m.onnx")
+
+
+def test_export_refuses_a_per_batch_percentile_range(tmp_path):
+    loaded = load_packed(export_packed(quantized_tiny("q8bert_dynamic"), tmp_path / "m.qbert.safetensors"))
+    loaded.get_submodule("bert.encoder.layer.0.output.dense").range_method = "percentile"
+    with pytest.raises(ValueError, match="layer.0.output.dense.*percentile"):
+        export_onnx(loaded, tmp_path / "m.onnx")
 
 
 def test_cli_writes_and_checks_the_onnx_graph(tmp_path, capsys):
