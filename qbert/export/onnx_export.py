@@ -235,19 +235,16 @@ def export_onnx(model: nn.Module, path: str | Path) -> Path:
 
 # -- after the exporter: narrow integer types, names, opset ---------------------------------
 
-def _narrow_type(bits: int, signed: bool) -> int:
-    from onnx import TensorProto as T
-
-    if bits <= 2:
-        return T.INT2 if signed else T.UINT2
-    if bits <= 4:
-        return T.INT4 if signed else T.UINT4
-    return T.INT8 if signed else T.UINT8
+def _narrow(bits: int, signed: bool) -> str:
+    """The ml_dtypes / numpy type name of the narrowest ONNX integer type holding the grid."""
+    size = 2 if bits <= 2 else 4 if bits <= 4 else 8
+    return f"{'' if signed else 'u'}int{size}"
 
 
 def finish_graph(proto: Any) -> None:
     """Move our tagged nodes' constants into named initializers of their ONNX integer type,
     name the quantized inputs ``{m}.input.q``, remove the tags, set the opset."""
+    import ml_dtypes
     from onnx import helper, numpy_helper
 
     graph = proto.graph
@@ -273,14 +270,13 @@ def finish_graph(proto: Any) -> None:
             continue
         bits = int(rest[0])
         codes, scale, zp = (value(i) for i in node.input)
-        dtype = _narrow_type(bits, codes.dtype.kind == "i")
+        dtype = _narrow(bits, codes.dtype.kind == "i")
         widest = max(widest, OPSET_INT2 if bits <= 2 else OPSET)
         for i, (suffix, arr, kind) in enumerate((("codes", codes, dtype), ("scale", scale, None), ("zero_point", zp, dtype))):
             name = f"{module}.weight.{suffix}"
-            if kind is None:
-                new_inits.append(numpy_helper.from_array(arr, name))
-            else:  # make_tensor packs int4/int2 values
-                new_inits.append(helper.make_tensor(name, kind, arr.shape, arr.astype("int64").reshape(-1).tolist()))
+            if kind is not None:  # raw bytes, int4/int2 two/four codes a byte (ml_dtypes types)
+                arr = arr.astype(kind if kind.endswith("8") else getattr(ml_dtypes, kind))
+            new_inits.append(numpy_helper.from_array(arr, name))
             node.input[i] = name
     graph.initializer.extend(new_inits)
     for node in graph.node:  # the quantized inputs take their module's name

@@ -40,6 +40,7 @@ PLANS = {**export_testing.PLANS,
          "qbert_w4a4_ema": lambda: qbert_plan(4, 8, 4, groups=16),
          "q8bert_dynamic_asym": lambda: [(p, s.replace(dynamic=True, symmetric=False)) for p, s in q8bert_plan()]}
 WEIGHT_TYPE = {8: TensorProto.INT8, 4: TensorProto.INT4, 3: TensorProto.INT4, 2: TensorProto.INT2}
+CONTAINER_BITS = {8: 8, 4: 4, 3: 4, 2: 2}
 
 
 def grouped_tiny(bits: int, granularity: str, **kw) -> torch.nn.Module:
@@ -112,6 +113,7 @@ def test_every_width_and_granularity_matches_the_loader(bits, granularity, tmp_p
     for name, m in linears.items():
         codes = inits[f"{name}.weight.codes"]
         assert codes.data_type == WEIGHT_TYPE[bits] and list(codes.dims) == [m.in_features, m.out_features]
+        assert len(codes.raw_data) == m.in_features * m.out_features * CONTAINER_BITS[bits] // 8  # packed bytes
         assert numpy_helper.to_array(inits[f"{name}.weight.scale"]).shape == (m.out_features,)
     assert proto.opset_import[0].version == (25 if bits == 2 else 21)
     # the dequantized weights ONNX Runtime computes are the loader's, bit for bit
@@ -133,6 +135,9 @@ def test_every_packed_plan_matches_the_loader(plan, tmp_path):
     loaded, proto, session = exported(tiny(plan), tmp_path)
     assert_matches_loader(loaded, session)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}  # standard operators only
+    inits = {t.name: t for t in proto.graph.initializer}
+    for name, m in quantized_linears(loaded).items():  # raw bytes, at most one per code
+        assert 0 < len(inits[f"{name}.weight.codes"].raw_data) <= m.in_features * m.out_features
 
 
 @pytest.mark.parametrize("plan", sorted(PLANS))
@@ -170,6 +175,7 @@ def test_asymmetric_weights_keep_their_zero_points(tmp_path):
     for name, m in quantized_linears(loaded).items():
         zp = inits[f"{name}.weight.zero_point"]
         assert zp.data_type in (TensorProto.UINT4, TensorProto.UINT2)
+        assert len(inits[f"{name}.weight.codes"].raw_data) <= m.in_features * m.out_features // 2
         rows = m.out_features // m.weight_zero_point.numel()
         np.testing.assert_array_equal(numpy_helper.to_array(zp).astype(np.int32),
                                       m.weight_zero_point.repeat_interleave(rows).numpy())
