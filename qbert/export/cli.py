@@ -23,10 +23,11 @@ quiet()  # before torch and torchao print their import-time notes
 import torch  # noqa: E402
 
 # ONNX Runtime's matmuls and LayerNorms sum in another order than torch's; where a sum lands
-# within a rounding error of a step boundary, an activation code moves by one step. Measured on
-# a 3/2-bit Q-BERT MiniLM over the 872 SST-2 dev sentences: max 0.017, mean 0.0004, every
-# prediction the same. A wrong step or code would move logits by far more than this bound.
-ONNX_TOLERANCE = 0.05
+# within a rounding error of a step boundary, an activation code moves by one step, and the
+# layers after it carry that on. Measured over the 872 SST-2 dev sentences (MiniLM): a 3/2-bit
+# Q-BERT run, max 0.017 (mean 0.0004); a Q8BERT-plan PTQ model, max 0.26 (mean 0.022), 0.052
+# on this command's random batch. A wrong step or code moves logits by whole units.
+ONNX_TOLERANCE = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
