@@ -10,7 +10,12 @@ batch x sequence point, in the same process and interleaved round by round:
 * ``int8_dynamic_torchao`` (``--alternatives``): torchao ``Int8DynamicActivationInt8WeightConfig``
   + ``torch.compile``, the runner-up backend, for the record;
 * ``packed_eager``: the loader's inference model (integer codes dequantized at every forward,
-  fake-quantized inputs), to show what the packed model costs without an integer backend.
+  fake-quantized inputs), to show what the packed model costs without an integer backend;
+* ``ort_qdq`` (``--onnx``): our QDQ ONNX export (``qbert-export --onnx``: the QAT ranges, the
+  packed codes) in ONNX Runtime, as many intra-op threads as torch has;
+* ``ort_static`` (``--onnx``): the peer: the fp32 graph quantized by ONNX Runtime's own
+  ``quantize_static`` (QDQ, int8 per-channel weights, int8 activations calibrated on the
+  benchmark batch itself: an upper bound on its speed, not a statement on its accuracy).
 
 Ratios are ``fp32_eager`` latency / path latency from the same run. Pin to one core::
 
@@ -78,11 +83,51 @@ def torchao_dynamic(model):
     return torch.compile(fmodel)
 
 
+def ort_qdq(loaded, folder: Path):
+    from qbert.export.onnx_export import export_onnx
+    from qbert.export.onnx_runtime import OnnxModel
+
+    path = folder / "qdq.onnx"
+    if not path.exists():
+        export_onnx(loaded, path)
+    return OnnxModel(path, threads=torch.get_num_threads())
+
+
+def ort_static(fp32, inputs: dict[str, torch.Tensor], folder: Path):
+    """ONNX Runtime's own static int8 quantization of the fp32 graph (calibrated on ``inputs``)."""
+    import warnings
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from qbert.export.onnx_runtime import OnnxModel
+
+    float_path, quant_path = folder / "fp32.onnx", folder / f"ort_static_{len(inputs['input_ids'])}.onnx"
+    if not float_path.exists():
+        names = list(inputs)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(fp32, (), str(float_path), kwargs=inputs, input_names=names, output_names=["logits"],
+                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{k: v.numpy() for k, v in inputs.items()}])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True})
+    return OnnxModel(quant_path, threads=torch.get_num_threads())
+
+
 def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args) -> dict:
     loaded = load_packed(packed)
     fp32 = float_copy(loaded)[0]
     vocab = loaded.config.vocab_size
     out = {"packed_file": str(packed), "points": []}
+    onnx_dir = Path(tempfile.mkdtemp(prefix=f"bench_onnx_{name}_"))
     for batch, seq in grid:
         inputs = example(batch, seq, vocab)
         paths, setup = {"fp32_eager": fp32}, {}
@@ -105,6 +150,11 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args) -> d
             setup["int8_dynamic_torchao"] = time.perf_counter() - t
         if args.packed_eager and (batch, seq) == (32, 128):
             paths["packed_eager"] = loaded
+        if args.onnx:
+            for key, make in (("ort_qdq", lambda: ort_qdq(loaded, onnx_dir)), ("ort_static", lambda: ort_static(fp32, inputs, onnx_dir))):
+                t = time.perf_counter()
+                paths[key] = make()
+                setup[key] = time.perf_counter() - t
         times: dict[str, list[float]] = {k: [] for k in paths}
         for _ in range(args.rounds):  # interleaved, so drift hits every path alike
             for k, fn in paths.items():
@@ -233,6 +283,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=8.0, help="seconds per path per round, at least 2 iterations")
     parser.add_argument("--alternatives", action="store_true", help="also torchao int8 dynamic at 32x128")
     parser.add_argument("--packed-eager", action="store_true", help="also the loader model at 32x128")
+    parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime: our QDQ export and quantize_static")
     parser.add_argument("--packed-lowbit", type=Path, help="a <=4-bit packed MiniLM: weight-only path")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, required=True)
