@@ -463,6 +463,13 @@ class DistillConfig:
             _check(getattr(self, key) >= 0, f"distill.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check(not self.enabled or self.logits_weight + self.hidden_weight + self.attention_weight > 0,
                "distill.logits_weight", "distillation with every distillation weight 0 distils nothing")
+        if not self.enabled:  # a distillation setting without distillation would be silently ignored
+            for f in dataclasses.fields(self):
+                value = getattr(self, f.name)
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                _check(f.name == "enabled" or value == default, f"distill.{f.name}",
+                       f"distill.{f.name}={value} takes effect only when distilling: add distill.enabled=true "
+                       f"(or leave distill.{f.name} at its default, {default})")
 
 
 @dataclass

@@ -85,6 +85,9 @@ def test_mkq_true_w4a4_quantizes_the_attention_matmuls_with_integer_zero_points(
     (["quant=directq", "quant.integer_zero_points=true", "quant.symmetric=false"], "quant.integer_zero_points"),
     (["quant=mkq", "quant.integer_zero_points=true", "quant.symmetric=true"], "quant.integer_zero_points"),
     (["quant=mkq", "quant.attention_operands=true", "quant.a_bits=32"], "quant.attention_operands"),
+    # a distillation setting while distillation is off would change nothing: refused, not ignored
+    (["quant=qbert", "distill.hidden_loss=normalized_mse"], "distill.hidden_loss"),
+    (["quant=mkq", "distill.enabled=false", "distill.temperature=2.0"], "distill.temperature"),
 ])
 def test_config_errors_name_the_key(compose_cfg, overrides, key):
     with pytest.raises(ValueError, match=f"config key '{key}'"):
