@@ -64,15 +64,34 @@ def test_every_job_of_a_preset_composes_and_validates(preset):
         assert run.experiment_name == preset and run.quant.method != "none"
 
 
+PAPER_ROWS = {f"{m}_w{b}" for m in ("directq", "qbert") for b in (8, 4, 3, 2)} | {"qbert_mp_2_3", "qbert_mp_2_4"}
+PLUS_ROWS = {"qbert_plus_w3", "qbert_plus_w2", "qbert_plus_mp_2_3"}
+
+
+@pytest.mark.parametrize("preset", ["qbert_sst2", "qbert_conll03", "qbert_mnli", "qbert_squad"])
+def test_paper_table_presets_keep_the_papers_method_and_add_the_plus_rows(preset):
+    rows = {o.split("=")[1] for combo in jobs(preset) for o in combo if o.startswith("row=")}
+    assert rows == PAPER_ROWS | PLUS_ROWS
+    for row in rows:
+        run = validate(compose_config([f"experiment={preset}", f"row={row}"]))
+        quant = run.quant
+        if row in PAPER_ROWS:  # the paper's max |w| on the restricted grid, no distillation
+            assert (quant.w_range, quant.w_grid, run.distill.enabled) == ("minmax", None, False), row
+        else:
+            assert (quant.w_range, quant.w_grid, quant.groups) == ("mse", "full", 128), row
+            assert quant.method == ("qbert_mp" if "mp" in row else "qbert")
+
+
 def test_paper_table_presets_cover_the_paper_rows():
     rows = {o.split("=")[1] for combo in jobs("qbert_sst2") for o in combo if o.startswith("row=")}
-    assert rows == {f"{m}_w{b}" for m in ("directq", "qbert") for b in (8, 4, 3, 2)} | {"qbert_mp_2_3", "qbert_mp_2_4"}
+    assert rows == PAPER_ROWS | PLUS_ROWS
     widths = {}
     for row in rows:
         quant = validate(compose_config(["experiment=qbert_sst2", f"row={row}"])).quant
         widths[row] = (quant.method, quant.w_bits, quant.e_bits, quant.a_bits, quant.high_bits)
     assert widths["directq_w3"] == ("directq", 3, 8, 8, 3) and widths["qbert_w2"][:2] == ("qbert", 2)
     assert widths["qbert_mp_2_4"] == ("qbert_mp", 2, 8, 8, 4)
+    assert widths["qbert_plus_w3"][:2] == ("qbert", 3) and widths["qbert_plus_mp_2_3"] == ("qbert_mp", 2, 8, 8, 3)
 
 
 @pytest.mark.slow
