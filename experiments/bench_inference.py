@@ -56,6 +56,9 @@ import torch
 from qbert.export import export_packed, load_packed
 from qbert.export.int8_cpu import compile_int8, float_copy, quantize_int8
 
+# eval_packed.py's batching (its protocol: padded to seq, the last batch filled with copies, not scored)
+from eval_packed import batches
+
 
 def example(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -98,19 +101,6 @@ def torchao_dynamic(model):
     ao_quantize_(fmodel, Int8DynamicActivationInt8WeightConfig(),
                  filter_fn=lambda m, n: isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}.")
     return torch.compile(fmodel)
-
-
-def sst2_batches(tokenizer, sentences: list[str], batch: int, seq: int) -> list[tuple[dict[str, torch.Tensor], int]]:
-    """``(batch, number of real sentences)``: truncated and padded to ``seq`` tokens, ``batch`` a
-    batch, the last one padded with copies (not scored): eval_packed.py's protocol."""
-    out = []
-    for i in range(0, len(sentences), batch):
-        chunk = sentences[i:i + batch]
-        n = len(chunk)
-        enc = tokenizer(chunk + [chunk[-1]] * (batch - n), truncation=True, max_length=seq, padding="max_length",
-                        return_tensors="pt")
-        out.append(({k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, n))
-    return out
 
 
 def read_sst2(data: Path, split: str) -> tuple[list[str], list[int]]:
@@ -244,7 +234,7 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
     onnx_dir = Path(tempfile.mkdtemp(prefix=f"bench_onnx_{name}_"))
     calib_sentences = sst2["calibration"]
     # the last batch without its padding copies (ONNX Runtime and NNCF take any batch size)
-    calibration = [{k: v[:n] for k, v in b.items()} for b, n in sst2_batches(sst2["tokenizer"], calib_sentences, 32, 128)]
+    calibration = [{k: v[:n] for k, v in b.items()} for b, n in batches(sst2["tokenizer"], calib_sentences, 32, 128)]
     out["calibration"] = f"the first {len(calib_sentences)} SST-2 training sentences"
     base_paths, ov_models = {}, {}
     if args.onnx or args.openvino:
@@ -268,7 +258,7 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
         t = time.perf_counter()
         # calibrated at the point's shape (the exported graph is specialized to it; the last batch
         # padded with copies of its last sentence)
-        pt2e_calib = [b for b, _ in sst2_batches(sst2["tokenizer"], calib_sentences, batch, seq)]
+        pt2e_calib = [b for b, _ in batches(sst2["tokenizer"], calib_sentences, batch, seq)]
         converted, info = quantize_int8(loaded, inputs, pt2e_calib)
         paths["int8_pt2e"] = compile_int8(converted)
         with torch.no_grad():
@@ -517,7 +507,7 @@ def sst2_data(args) -> dict:
     if args.accuracy:
         sentences, labels = read_sst2(args.data, "dev")
         n = args.accuracy_sentences or len(sentences)
-        out["dev"], out["labels"] = sst2_batches(tokenizer, sentences[:n], 32, 128), labels[:n]
+        out["dev"], out["labels"] = batches(tokenizer, sentences[:n], 32, 128), labels[:n]
     return out
 
 

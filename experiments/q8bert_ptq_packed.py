@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from bench_inference import read_sst2, sst2_batches
+from bench_inference import read_sst2
+from eval_packed import batches
 from qbert.export import export_packed
 from qbert.quant import calibration, q8bert_plan, quantize_
 
@@ -34,7 +35,7 @@ def main() -> None:
     quantize_(model, q8bert_plan())
     train, _ = read_sst2(args.data, "train")
     with calibration(model), torch.no_grad():
-        for b, n in sst2_batches(tokenizer, train[-args.sentences:], 32, 128):
+        for b, n in batches(tokenizer, train[-args.sentences:], 32, 128):
             model(**{k: v[:n] for k, v in b.items()})
     print(export_packed(model, args.out))
 
