@@ -12,7 +12,7 @@ batch x sequence point, in the same process and interleaved round by round:
 * ``packed_eager``: the loader's inference model (integer codes dequantized at every forward,
   fake-quantized inputs), to show what the packed model costs without an integer backend;
 * ``ort_qdq`` (``--onnx``): our QDQ ONNX export (``qbert-export --onnx``: the QAT ranges, the
-  packed codes) in ONNX Runtime, as many intra-op threads as torch has;
+  packed codes) in ONNX Runtime, with the point's thread count;
 * ``ort_static`` (``--onnx``): the peer: the fp32 graph quantized by ONNX Runtime's own
   ``quantize_static`` (QDQ, MatMul/Gemm only, int8 per-channel weights, symmetric int8
   activations);
@@ -33,6 +33,14 @@ recorded with its error (``build_errors``, a point's ``failed``) and the run goe
 committed sample) of every path timed at minilm's 32 x 128 point, the very objects timed,
 batches of 32 padded to 128 tokens as ``eval_packed.py`` makes them, with each path's agreement
 with the packed loader (the fake-quantized model's predictions) and largest logit difference.
+
+``--threads 1,2``: the whole grid once per thread count (``torch.set_num_threads``; ONNX Runtime's
+intra-op and OpenVINO's inference threads set alike), every point tagged with its count.
+
+``backend_choice`` (minilm, CPU): the default runtime of ``qbert-export --backend``, by a rule
+fixed before any number: among our model's int8 paths (``ort_qdq``, ``ov_qdq``, ``int8_pt2e``)
+within 0.3 points of the loader's dev accuracy, the highest geometric-mean speedup over every
+point of the run.
 
 Ratios are ``fp32_eager`` latency / path latency from the same run. Pin to one core::
 
@@ -133,11 +141,10 @@ def qdq_onnx(loaded, folder: Path) -> Path:
     return path if path.exists() else export_onnx(loaded, path)
 
 
-def ort_static(float_path: Path, calibration: list[dict[str, torch.Tensor]], folder: Path):
-    """ONNX Runtime's own static int8 quantization of the fp32 graph, calibrated on ``calibration``."""
+def ort_static(float_path: Path, calibration: list[dict[str, torch.Tensor]], folder: Path) -> Path:
+    """ONNX Runtime's own static int8 quantization of the fp32 graph, calibrated on ``calibration``:
+    the quantized graph's file."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from qbert.export.onnx_runtime import OnnxModel
 
     quant_path = folder / "ort_static.onnx"
 
@@ -155,7 +162,7 @@ def ort_static(float_path: Path, calibration: list[dict[str, torch.Tensor]], fol
     quantize_static(str(float_path), str(quant_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                     extra_options={"ActivationSymmetric": True})
-    return OnnxModel(quant_path, threads=torch.get_num_threads())
+    return quant_path
 
 
 def attempt(errors: dict[str, str], key: str, make, setup: dict[str, float] | None = None):
@@ -174,22 +181,18 @@ def attempt(errors: dict[str, str], key: str, make, setup: dict[str, float] | No
 
 
 def model_builds(loaded, fp32, folder: Path, calibration: list[dict[str, torch.Tensor]], args) -> tuple[dict, dict, dict, dict, dict]:
-    """Once per model: the ONNX graphs, the ONNX Runtime sessions (dynamic shapes), the OpenVINO
-    models to compile per point (``ov_*``). Returns (paths, openvino models, setup seconds,
-    errors, NNCF's settings)."""
-    paths, ov_models, setup, errors, nncf_settings = {}, {}, {}, {}, {}
+    """Once per model: the ONNX graphs, the ONNX Runtime graphs (``ort_*``: one session per thread
+    count, dynamic shapes), the OpenVINO models to compile per point (``ov_*``). Returns (ONNX
+    Runtime files, openvino models, setup seconds, errors, NNCF's settings)."""
+    ort_files, ov_models, setup, errors, nncf_settings = {}, {}, {}, {}, {}
     qdq = attempt(errors, "qdq_onnx_export", lambda: qdq_onnx(loaded, folder), setup)
     flt = attempt(errors, "fp32_onnx_export", lambda: fp32_onnx(fp32, folder), setup)
     if args.onnx:
-        from qbert.export.onnx_runtime import OnnxModel
-
-        threads = torch.get_num_threads()
-        for key, src, make in (("ort_qdq", qdq, lambda: OnnxModel(qdq, threads=threads)),
-                               ("ort_static", flt, lambda: ort_static(flt, calibration, folder))):
+        for key, src, make in (("ort_qdq", qdq, lambda: qdq), ("ort_static", flt, lambda: ort_static(flt, calibration, folder))):
             if src is None:
                 errors[key] = f"no ONNX graph: {errors['qdq_onnx_export' if key == 'ort_qdq' else 'fp32_onnx_export']}"
             elif (built := attempt(errors, key, make, setup)) is not None:
-                paths[key] = built
+                ort_files[key] = built
     if args.openvino:
         from qbert.export.openvino_runtime import nncf_quantize, read_model
 
@@ -201,7 +204,7 @@ def model_builds(loaded, fp32, folder: Path, calibration: list[dict[str, torch.T
                 ov_models[key] = built
         if "ov_nncf" in ov_models:
             ov_models["ov_nncf"], nncf_settings = ov_models["ov_nncf"]
-    return paths, ov_models, setup, errors, nncf_settings
+    return ort_files, ov_models, setup, errors, nncf_settings
 
 
 @torch.no_grad()
@@ -236,9 +239,9 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
     # the last batch without its padding copies (ONNX Runtime and NNCF take any batch size)
     calibration = [{k: v[:n] for k, v in b.items()} for b, n in batches(sst2["tokenizer"], calib_sentences, 32, 128)]
     out["calibration"] = f"the first {len(calib_sentences)} SST-2 training sentences"
-    base_paths, ov_models = {}, {}
+    ort_files, ov_models = {}, {}
     if args.onnx or args.openvino:
-        base_paths, ov_models, out["setup_seconds"], out["build_errors"], nncf_settings = \
+        ort_files, ov_models, out["setup_seconds"], out["build_errors"], nncf_settings = \
             model_builds(loaded, fp32, onnx_dir, calibration, args)
         if nncf_settings:
             out["ov_nncf_settings"] = nncf_settings
@@ -247,68 +250,89 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
         raise ValueError(f"--tokenizer: {len(sst2['tokenizer'])} tokens, more than the model's vocabulary ({vocab})")
     if measure_accuracy and loaded.config.num_labels != 2:
         raise ValueError(f"--accuracy: {packed} has {loaded.config.num_labels} labels, not an SST-2 classifier")
-    for batch, seq in grid:
-        inputs = example(batch, seq, vocab)
-        paths, setup, failed = {"fp32_eager": fp32}, {}, {}
-        t = time.perf_counter()
-        paths["fp32_compiled"] = torch.compile(fp32)
-        with torch.no_grad():
-            paths["fp32_compiled"](**inputs)
-        setup["fp32_compiled"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # calibrated at the point's shape (the exported graph is specialized to it; the last batch
-        # padded with copies of its last sentence)
-        pt2e_calib = [b for b, _ in batches(sst2["tokenizer"], calib_sentences, batch, seq)]
-        converted, info = quantize_int8(loaded, inputs, pt2e_calib)
-        paths["int8_pt2e"] = compile_int8(converted)
-        with torch.no_grad():
-            paths["int8_pt2e"](**inputs)
-        setup["int8_pt2e"] = time.perf_counter() - t
-        if args.alternatives and (batch, seq) == (32, 128):
-            t = time.perf_counter()
-            paths["int8_dynamic_torchao"] = torchao_dynamic(loaded)
-            with torch.no_grad():
-                paths["int8_dynamic_torchao"](**inputs)
-            setup["int8_dynamic_torchao"] = time.perf_counter() - t
-        if args.packed_eager and (batch, seq) == (32, 128):
-            paths["packed_eager"] = loaded
-        paths.update(base_paths)
-        ov_layers = {}
-        if ov_models:
-            from qbert.export.openvino_runtime import OpenVinoModel
+    for threads in args.threads:
+        # every path of this thread count is built after this: Inductor specializes its kernels
+        # to torch's thread count (part of its cache key), ONNX Runtime and OpenVINO take it at build
+        torch.set_num_threads(threads)
+        ort_paths = {}
+        if ort_files:
+            from qbert.export.onnx_runtime import OnnxModel
 
-            for key, model in ov_models.items():  # compiled for the point's static shape
-                compiled = attempt(failed, key, lambda m=model: OpenVinoModel(m, torch.get_num_threads(), (batch, seq)), setup)
-                if compiled is not None:
-                    paths[key] = compiled
-                    ov_layers[key] = compiled.int8_layers()
-        for key, fn in list(paths.items()):  # one call first: a path that fails to run is recorded, not timed
-            if key.startswith(("ort_", "ov_")) and attempt(failed, key, lambda f=fn: f(**inputs)) is None:
-                del paths[key]
-        times: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(args.rounds):  # interleaved, so drift hits every path alike
-            for k, fn in paths.items():
-                times[k] += timed(fn, inputs, args.warmup, args.iters, args.budget)
-        lat = {k: statistics.median(v) for k, v in times.items()}
-        point = {"batch": batch, "seq": seq, "int8_info": info, "setup_seconds": setup,
-                 "latency_ms": {k: round(1e3 * v, 3) for k, v in lat.items()},
-                 "throughput_seq_per_s": {k: round(batch / v, 2) for k, v in lat.items()},
-                 "speedup_vs_fp32_eager": {k: round(lat["fp32_eager"] / v, 3) for k, v in lat.items()},
-                 "iterations": {k: len(v) for k, v in times.items()}}
-        if ov_layers:
-            point["openvino_matmul_precisions"] = ov_layers
-        if failed:
-            point["failed"] = failed
-        print(f"{name} {batch}x{seq}: " + ", ".join(f"{k} {point['latency_ms'][k]:.1f} ms ({point['speedup_vs_fp32_eager'][k]:.2f}x)" for k in lat), flush=True)
-        if measure_accuracy and (batch, seq) == (32, 128):  # the dev batches' shape: the paths just timed
-            acc = dev_accuracy(paths, loaded, sst2["dev"], sst2["labels"])
-            point["accuracy"] = out["accuracy"] = {"dev_sentences": len(sst2["labels"]), **acc}
-            print(f"{name} SST-2 dev ({len(sst2['labels'])}): " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in acc.items()), flush=True)
-        out["points"].append(point)
-        torch._dynamo.reset()
+            ort_paths = {key: OnnxModel(f, threads=threads) for key, f in ort_files.items()}
+        for batch, seq in grid:
+            point = bench_point(name, loaded, fp32, ort_paths, ov_models, batch, seq, threads, args, sst2)
+            # the dev batches' shape, at the last thread count: the very paths just timed
+            if measure_accuracy and (batch, seq) == (32, 128) and threads == args.threads[-1]:
+                acc = dev_accuracy(point.pop("_paths"), loaded, sst2["dev"], sst2["labels"])
+                point["accuracy"] = out["accuracy"] = {"dev_sentences": len(sst2["labels"]), "threads": threads, **acc}
+                print(f"{name} SST-2 dev ({len(sst2['labels'])}): " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in acc.items()), flush=True)
+            point.pop("_paths", None)
+            out["points"].append(point)
+            torch._dynamo.reset()
     if args.accuracy and not measure_accuracy:
         out["accuracy"] = "not measured: random weights, not an SST-2 classifier"
     return out
+
+
+def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch: int, seq: int, threads: int,
+                args, sst2: dict) -> dict:
+    """Every path at one batch x seq point and thread count, interleaved round by round. The
+    built paths ride along under ``_paths`` (for the accuracy pass)."""
+    inputs = example(batch, seq, loaded.config.vocab_size)
+    calib_sentences = sst2["calibration"]
+    paths, setup, failed = {"fp32_eager": fp32}, {}, {}
+    t = time.perf_counter()
+    paths["fp32_compiled"] = torch.compile(fp32)
+    with torch.no_grad():
+        paths["fp32_compiled"](**inputs)
+    setup["fp32_compiled"] = time.perf_counter() - t
+    t = time.perf_counter()
+    # calibrated at the point's shape (the exported graph is specialized to it; the last batch
+    # padded with copies of its last sentence)
+    pt2e_calib = [b for b, _ in batches(sst2["tokenizer"], calib_sentences, batch, seq)]
+    converted, info = quantize_int8(loaded, inputs, pt2e_calib)
+    paths["int8_pt2e"] = compile_int8(converted)
+    with torch.no_grad():
+        paths["int8_pt2e"](**inputs)
+    setup["int8_pt2e"] = time.perf_counter() - t
+    if args.alternatives and (batch, seq) == (32, 128):
+        t = time.perf_counter()
+        paths["int8_dynamic_torchao"] = torchao_dynamic(loaded)
+        with torch.no_grad():
+            paths["int8_dynamic_torchao"](**inputs)
+        setup["int8_dynamic_torchao"] = time.perf_counter() - t
+    if args.packed_eager and (batch, seq) == (32, 128):
+        paths["packed_eager"] = loaded
+    paths.update(ort_paths)
+    ov_layers = {}
+    if ov_models:
+        from qbert.export.openvino_runtime import OpenVinoModel
+
+        for key, model in ov_models.items():  # compiled for the point's static shape
+            compiled = attempt(failed, key, lambda m=model: OpenVinoModel(m, threads, (batch, seq)), setup)
+            if compiled is not None:
+                paths[key] = compiled
+                ov_layers[key] = compiled.int8_layers()
+    for key, fn in list(paths.items()):  # one call first: a path that fails to run is recorded, not timed
+        if key.startswith(("ort_", "ov_")) and attempt(failed, key, lambda f=fn: f(**inputs)) is None:
+            del paths[key]
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(args.rounds):  # interleaved, so drift hits every path alike
+        for k, fn in paths.items():
+            times[k] += timed(fn, inputs, args.warmup, args.iters, args.budget)
+    lat = {k: statistics.median(v) for k, v in times.items()}
+    point = {"batch": batch, "seq": seq, "threads": threads, "int8_info": info, "setup_seconds": setup,
+             "latency_ms": {k: round(1e3 * v, 3) for k, v in lat.items()},
+             "throughput_seq_per_s": {k: round(batch / v, 2) for k, v in lat.items()},
+             "speedup_vs_fp32_eager": {k: round(lat["fp32_eager"] / v, 3) for k, v in lat.items()},
+             "iterations": {k: len(v) for k, v in times.items()}}
+    if ov_layers:
+        point["openvino_matmul_precisions"] = ov_layers
+    if failed:
+        point["failed"] = failed
+    print(f"{name} {batch}x{seq} {threads}t: " + ", ".join(f"{k} {point['latency_ms'][k]:.1f} ms ({point['speedup_vs_fp32_eager'][k]:.2f}x)" for k in lat), flush=True)
+    point["_paths"] = paths
+    return point
 
 
 def cuda_timed(fn, inputs, warmup: int, iters: int) -> list[float]:
@@ -394,7 +418,7 @@ def bench_lowbit_cpu(name: str, packed: Path, grid: list[tuple[int, int]], args)
     intm = load_packed(packed)
     swapped = convert_(intm, "int4")
     to_device_(intm, "cpu", torch.float32)
-    out = {"packed_file": str(packed), "swapped_linears": len(swapped),
+    out = {"packed_file": str(packed), "swapped_linears": len(swapped), "threads": torch.get_num_threads(),
            "weight_bytes": {"fp32": weight_bytes(fp32), "int4_tinygemm_cpu": weight_bytes(intm)}, "points": []}
     for batch, seq in grid:
         inputs = example(batch, seq, loaded.config.vocab_size)
@@ -417,6 +441,8 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,bert_base")
     parser.add_argument("--grid", default="1x128,8x128,32x128,32x384")
     parser.add_argument("--bert-base-grid", help="grid for bert_base (default: --grid)")
+    parser.add_argument("--threads", help="comma-separated thread counts, each a full pass over the grid "
+                        "(default: torch's current count); --accuracy runs at the last")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -442,6 +468,14 @@ def main() -> None:
 
     inductor_config.freezing = True  # every compiled path: weights constant-folded and prepacked
     grid = [tuple(int(v) for v in p.split("x")) for p in args.grid.split(",")]
+    try:
+        args.threads = [int(v) for v in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    except ValueError:
+        parser.error(f"--threads {args.threads!r}: comma-separated positive integers, e.g. 1,2")
+    if any(n < 1 for n in args.threads) or len(set(args.threads)) != len(args.threads):
+        parser.error(f"--threads {args.threads}: distinct positive integers")
+    if args.device == "cuda" and len(args.threads) > 1:
+        parser.error("--threads: one count with --device cuda (the CPU only launches the kernels)")
     if args.accuracy and (args.device != "cpu" or "minilm" not in args.models.split(",") or (32, 128) not in grid):
         parser.error("--accuracy: measured on the CPU paths of minilm at 32x128 (the dev batches' shape): "
                      "needs --device cpu, minilm in --models and 32x128 in --grid")
@@ -460,7 +494,7 @@ def main() -> None:
         parser.error("--onnx / --openvino: CPU paths, not run with --device cuda")
     sst2 = sst2_data(args) if args.device == "cpu" else None
     result = {"command": "python experiments/bench_inference.py " + " ".join(__import__("sys").argv[1:]),
-              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "threads": args.threads, "torch": torch.__version__,
               "processor": platform.processor(), "cpu_flags": _cpu_flags(), "models": {}}
     for package in ("torchao", "onnxruntime", "openvino", "nncf"):
         try:
@@ -470,6 +504,7 @@ def main() -> None:
     if sst2 is not None:
         result["data"] = {"folder": str(args.data), "tokenizer": str(sst2["tokenizer_dir"]),
                           "calibration_sentences": len(sst2["calibration"]), "dev_sentences": len(sst2["labels"])}
+    torch.set_num_threads(args.threads[-1])  # the CUDA and low-bit jobs run at the last count
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for name in args.models.split(","):
@@ -487,8 +522,47 @@ def main() -> None:
                     jobs.append(("minilm_lowbit", lambda: bench_lowbit_cpu("minilm", args.packed_lowbit, grid[:3], args)))
         for key, job in jobs:
             result["models"][key] = job()
+            if key == "minilm" and args.device == "cpu":
+                result["backend_choice"] = choose_backend(result["models"]["minilm"])
+                print(f"backend: {result['backend_choice']['chosen']}", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+# our model's int8 paths and the runtime qbert-export names for each; the peers (ort_static,
+# ov_nncf) quantize the float graph themselves, so they are compared with, never chosen
+OUR_INT8_PATHS = {"ort_qdq": "onnxruntime", "ov_qdq": "openvino", "int8_pt2e": "pt2e"}
+ACCURACY_POINTS = 0.3  # the issue's bound: within 0.3 points of the fake-quantized model
+
+
+def choose_backend(minilm: dict) -> dict:
+    """The default runtime, by a rule fixed before the run: among our model's int8 paths within
+    ``ACCURACY_POINTS`` of the packed loader's SST-2 dev accuracy, the highest geometric mean of
+    the speedup over fp32 eager across every point (batch x seq x threads) of the run."""
+    points = minilm["points"]
+    speedups = {}
+    for key in {k for p in points for k in p["speedup_vs_fp32_eager"]}:
+        values = [p["speedup_vs_fp32_eager"].get(key) for p in points]
+        if None not in values:  # a path missing at some point is not comparable
+            speedups[key] = {"geomean": round(statistics.geometric_mean(values), 3), "min": min(values), "max": max(values)}
+    out = {"rule": f"highest geometric-mean speedup vs fp32 eager over all {len(points)} points among our int8 "
+                   f"paths ({', '.join(OUR_INT8_PATHS)}) within {ACCURACY_POINTS} points of the loader's SST-2 dev accuracy",
+           "speedup_over_points": dict(sorted(speedups.items(), key=lambda kv: -kv[1]["geomean"]))}
+    acc = minilm.get("accuracy")
+    if not isinstance(acc, dict):
+        out["chosen"] = None
+        out["why_none"] = "no accuracy measured (--accuracy)"
+        return out
+    loader = acc["loader"]["accuracy"]
+    eligible = {k: v for k, v in speedups.items()
+                if k in OUR_INT8_PATHS and k in acc and abs(acc[k]["accuracy"] - loader) <= ACCURACY_POINTS}
+    out["eligible"] = {k: {"geomean": v["geomean"], "accuracy": acc[k]["accuracy"], "loader": loader} for k, v in eligible.items()}
+    best = max(eligible, key=lambda k: eligible[k]["geomean"], default=None)
+    out["chosen"] = OUR_INT8_PATHS.get(best)
+    out["chosen_path"] = best
+    if best is None:
+        out["why_none"] = f"no int8 path within {ACCURACY_POINTS} points of the loader"
+    return out
 
 
 def sst2_data(args) -> dict:

@@ -138,24 +138,30 @@ def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_inference.py"), "--packed", str(packed),
                           "--models", "minilm", "--grid", "32x128", "--onnx", "--openvino", "--accuracy",
                           "--accuracy-sentences", "40", "--calibration-sentences", "8", "--warmup", "0",
-                          "--iters", "1", "--rounds", "1", "--budget", "0", "--out", str(out)],
+                          "--iters", "1", "--rounds", "1", "--budget", "0", "--threads", "2,1", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["threads"] == 1 and result["data"]["calibration_sentences"] == 8
+    assert result["threads"] == [2, 1] and result["data"]["calibration_sentences"] == 8
     minilm = result["models"]["minilm"]
     assert minilm["build_errors"] == {} and minilm["ov_nncf_settings"]["calibration_sentences"] == 8
-    point = minilm["points"][0]
+    assert [(p["threads"], p["batch"], p["seq"]) for p in minilm["points"]] == [(2, 32, 128), (1, 32, 128)]
+    point = minilm["points"][1]  # the last thread count: where the accuracy is measured
     paths = {"fp32_eager", "fp32_compiled", "int8_pt2e", "ort_qdq", "ort_static", "ov_qdq", "ov_fp32", "ov_nncf"}
     assert set(point["latency_ms"]) == paths and "failed" not in point
     assert point["speedup_vs_fp32_eager"]["fp32_eager"] == 1.0
     assert point["openvino_matmul_precisions"]["ov_qdq"]["FullyConnected"]["i8"] == 12
     assert "i8" not in point["openvino_matmul_precisions"]["ov_fp32"]["FullyConnected"]
     acc = minilm["accuracy"]
-    assert acc["dev_sentences"] == 40 and set(acc) == paths | {"dev_sentences", "loader"}
+    assert acc["dev_sentences"] == 40 and acc["threads"] == 1 and set(acc) == paths | {"dev_sentences", "threads", "loader"}
+    assert "accuracy" not in minilm["points"][0]
     # our QDQ graph keeps the loader's predictions in both runtimes
     for key in ("ov_qdq", "ort_qdq"):
         assert acc[key]["agree_with_loader"] == 40 and acc[key]["max_abs_logit_diff_vs_loader"] <= ORT_TOLERANCE
+    # both of our runtimes agree with the loader, so one of our int8 paths is chosen
+    choice = result["backend_choice"]
+    assert choice["chosen"] in {"onnxruntime", "openvino", "pt2e"} and choice["chosen_path"] in choice["eligible"]
+    assert set(choice["speedup_over_points"]) == paths
 
 
 def test_bench_refuses_accuracy_without_the_dev_shape(tmp_path):
