@@ -4,8 +4,10 @@ post-training int8 quantization of a float graph, the peer of our QDQ export.
 OpenVINO reads the QDQ graph of ``onnx_export`` as it is: its Q/DQ pairs become FakeQuantize
 nodes and its low-precision transformations run the Linears in int8 (``int8_layers`` counts
 them in the compiled model). 8- and 4-bit weights load; int2/uint2 (opset 25, 2-bit weights)
-are refused by OpenVINO's ONNX reader ("Unsupported type"). Both packages are optional
-(``pip install 'qbert[openvino]'``) and imported only when used.
+are refused by OpenVINO's ONNX reader ("Unsupported type"): ``int2_modules`` names them before
+any conversion. ``save_ir`` converts a QDQ ONNX file to OpenVINO IR (``qbert-export --backend
+openvino``). Both packages are optional (``pip install 'qbert[openvino]'``) and imported only when
+used.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from qbert.export.modules import PackedEmbedding, PackedLinear
+
 EXTRA = "pip install 'qbert[openvino]'"
 
 
@@ -27,7 +31,13 @@ def require_openvino(nncf: bool = False) -> None:
         if nncf:
             import nncf as _nncf  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"the OpenVINO paths need openvino and nncf ({err}): {EXTRA}") from None
+        raise ImportError(f"the OpenVINO paths need {'openvino and nncf' if nncf else 'openvino'} ({err}): {EXTRA}") from None
+
+
+def int2_modules(model: torch.nn.Module) -> list[str]:
+    """The packed modules of ``model`` whose weights the ONNX graph holds as int2/uint2 (2 bits or
+    fewer), which OpenVINO's ONNX reader refuses."""
+    return [name for name, m in model.named_modules() if isinstance(m, (PackedLinear, PackedEmbedding)) and m.w_bits <= 2]
 
 
 def read_model(path: str | Path):
@@ -36,6 +46,21 @@ def read_model(path: str | Path):
     import openvino as ov
 
     return ov.Core().read_model(str(path))
+
+
+def save_ir(onnx_path: str | Path, xml_path: str | Path) -> tuple[Path, Path]:
+    """Convert an ONNX file to OpenVINO IR: ``xml_path`` and the ``.bin`` of weights beside it.
+
+    Float weights stay fp32 (``compress_to_fp16=False``): ``save_model`` halves them by default,
+    which the packed loader, whose logits the IR is checked against, does not do (on our QDQ
+    graphs it measured no change, .bin byte sizes equal: explicit rather than left to its heuristics)."""
+    require_openvino()
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    return xml_path, xml_path.with_suffix(".bin")
 
 
 def cpu_config(threads: int | None) -> dict[str, Any]:

@@ -3,10 +3,14 @@ test files can import it (conftest holds the fixtures)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from qbert.quant import calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantize_, uniform_plan
+from qbert.quant import (calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantization_map, quantize_,
+                         uniform_plan)
 from qbert.quant.input_ranges import InputRanges
 
 # in/out features multiples of 64 / 8, so the integer kernels (int8 _int_mm, int4 tinygemm) apply
@@ -43,3 +47,11 @@ def quantized_tiny(plan: str, seed: int = 0) -> torch.nn.Module:
     with calibration(model), torch.no_grad():
         model(**batch(seed=7, size=8))
     return model
+
+
+def run_folder(path: Path, plan: str = "q8bert") -> Path:
+    """A quantized run folder as ``pipeline.save_model`` writes it (``path/model/``): qbert-export's input."""
+    model = quantized_tiny(plan)
+    model.save_pretrained(path / "model")
+    (path / "model" / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
+    return path

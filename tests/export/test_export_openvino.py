@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from export_testing import TINY, batch, quantized_tiny
+from export_testing import TINY, batch, quantized_tiny, run_folder
 from qbert.export import export_packed, load_packed
 from qbert.export.int8_cpu import float_copy
 from qbert.export.modules import PackedLinear
@@ -169,3 +169,79 @@ def test_bench_refuses_accuracy_without_the_dev_shape(tmp_path):
                           "--models", "minilm", "--grid", "1x128", "--accuracy", "--out", str(tmp_path / "o.json")],
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "--accuracy" in run.stderr and "32x128" in run.stderr
+
+
+# -- qbert-export --backend openvino --------------------------------------------------------------
+
+def test_cli_writes_the_ir_and_checks_it_against_the_loader(openvino, tmp_path, capsys):
+    from qbert.export.cli import OPENVINO_TOLERANCE, main
+    from qbert.export.openvino_runtime import OpenVinoModel
+
+    run = run_folder(tmp_path / "run")
+    assert main([str(run), "--backend", "openvino", "--report", str(tmp_path / "r.json")]) == 0
+    rep = json.loads((tmp_path / "r.json").read_text())
+    xml, weights, onnx_file = run / "model.qbert.xml", run / "model.qbert.bin", run / "model.qbert.onnx"
+    assert rep["backend"] == "openvino" and rep["openvino_xml"] == str(xml) and rep["onnx_file"] == str(onnx_file)
+    assert rep["backend_files"] == {str(f): f.stat().st_size for f in (onnx_file, xml, weights)}
+    assert rep["backend_max_abs_logit_diff"] <= OV_TOLERANCE < OPENVINO_TOLERANCE
+    assert "onnx_max_abs_logit_diff" not in rep  # ONNX Runtime did not run
+    out = capsys.readouterr().out
+    assert "OpenVINO vs loader logits" in out and str(xml) in out
+    # the IR on its own (not the ONNX file) reproduces the packed loader on another batch
+    loaded = load_packed(run / "packed.qbert.safetensors")
+    b = batch(3)
+    with torch.no_grad():
+        ref = loaded(**b).logits
+    assert float((OpenVinoModel(xml, threads=1)(**b)["logits"] - ref).abs().max()) <= OV_TOLERANCE
+
+
+def test_cli_onnx_file_names_the_graph_converted_beside_it(openvino, tmp_path):
+    from qbert.export.cli import main
+
+    run = run_folder(tmp_path / "run", "qbert_w4")
+    assert main([str(run), "--backend", "openvino", "--onnx", str(tmp_path / "out" / "w4.onnx"), "--no-verify"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["w4.bin", "w4.onnx", "w4.xml"]
+    assert not (run / "model.qbert.xml").exists()
+
+
+def test_the_default_backend_is_one_constant(openvino, tmp_path, monkeypatch):
+    import qbert.export.cli as cli
+
+    monkeypatch.setattr(cli, "DEFAULT_BACKEND", "openvino")
+    run = run_folder(tmp_path / "run")
+    assert cli.main([str(run), "--onnx", "--no-verify"]) == 0
+    assert (run / "model.qbert.xml").is_file() and (run / "model.qbert.bin").is_file()
+
+
+def test_cli_fails_when_openvino_disagrees(openvino, tmp_path, monkeypatch, capsys):
+    import qbert.export.cli as cli
+
+    monkeypatch.setattr(cli, "OPENVINO_TOLERANCE", -1.0)  # any difference, even 0, is too much
+    assert cli.main([str(run_folder(tmp_path / "run")), "--backend", "openvino"]) == 1
+    assert "OpenVINO's logits differ from the loader's" in capsys.readouterr().err
+
+
+def test_cli_refuses_2_bit_weights_in_one_line_keeping_the_packed_file(openvino, tmp_path, capsys):
+    from qbert.export.cli import main
+
+    run = run_folder(tmp_path / "run", "qbert_mp_asym")  # layers at 3 and 2 bits
+    assert main([str(run), "--backend", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qbert-export: error: --backend openvino: OpenVINO cannot read 2-bit weights")
+    assert err.count("\n") == 1
+    assert "--backend onnxruntime" in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["model", "packed.qbert.safetensors"]
+    load_packed(run / "packed.qbert.safetensors")  # whole and loadable
+
+
+def test_cli_names_a_failed_conversion_in_one_line(openvino, tmp_path, monkeypatch, capsys):
+    import qbert.export.openvino_runtime as ov_runtime
+    from qbert.export.cli import main
+
+    def refuse(onnx_path, xml_path):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\nLoading input model\nUnsupported type\n")
+    monkeypatch.setattr(ov_runtime, "save_ir", refuse)
+    assert main([str(run_folder(tmp_path / "run")), "--backend", "openvino"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qbert-export: error: --backend openvino: converting ") and err.endswith("Unsupported type\n")
+    assert err.count("\n") == 1
