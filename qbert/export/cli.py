@@ -35,10 +35,13 @@ import torch  # noqa: E402
 
 # ONNX Runtime's matmuls and LayerNorms sum in another order than torch's; where a sum lands
 # within a rounding error of a step boundary, an activation code moves by one step, and the
-# layers after it carry that on. Measured over the 872 SST-2 dev sentences (MiniLM): a 3/2-bit
-# Q-BERT run, max 0.017 (mean 0.0004); a Q8BERT-plan PTQ model, max 0.26 (mean 0.022), 0.052
-# on this command's random batch. A wrong step or code moves logits by whole units.
-ONNX_TOLERANCE = 0.5
+# layers after it carry that on. Traced on the benchmark's Q8BERT-plan PTQ MiniLM (64 SST-2 dev
+# sentences): layer 0's input codes differ in 0-3e-5 of places, layer 5's in 11-17% (many by
+# more than a step), max |logit diff| 0.23. Measured max |logit diff| over the 872 dev sentences:
+# a 3/2-bit Q-BERT run 0.017; Q8BERT-plan PTQ models 0.26 and 0.72 (0.052 and 0.67 on this
+# command's random batch). A coarse guard against a broken graph; exactness is tested on tiny
+# models (every code, logits within 1e-3).
+ONNX_TOLERANCE = 1.0
 # OpenVINO runs the same QDQ graph (Q/DQ pairs as FakeQuantize) with its own kernels and summation
 # order, so the same one-step code flips happen, and more often. On this command's batch: tiny test
 # models <= 4e-6; the Q8BERT-plan PTQ MiniLM above 0.17 (ONNX Runtime 0.052); the benchmark's
