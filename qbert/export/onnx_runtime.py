@@ -45,3 +45,21 @@ class OnnxModel:
 
     def __call__(self, **batch: Tensor) -> dict[str, Tensor]:
         return self.run(batch, self.outputs)
+
+
+def with_outputs(model: "str | Path | object", names: list[str], path: str | Path) -> OnnxModel:
+    """A session of the graph ``model`` (a file or an ``onnx.ModelProto``) that also returns the
+    intermediate tensors ``names`` (types from shape inference), saved at ``path``: how tests and
+    ``experiments/trace_runtime_gap.py`` read a layer's integer input codes back."""
+    require_onnx()
+    import onnx
+
+    proto = onnx.load(str(model)) if isinstance(model, (str, Path)) else model
+    proto = onnx.shape_inference.infer_shapes(proto)
+    info = {v.name: v for v in proto.graph.value_info}
+    missing = [n for n in names if n not in info]
+    if missing:
+        raise KeyError(f"not tensors of the graph: {missing[:3]}")
+    proto.graph.output.extend(info[n] for n in names)
+    onnx.save(proto, str(path))
+    return OnnxModel(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from qbert.export import export_packed
 from qbert.quant import (calibration, layerwise_plan, mkq_plan, q8bert_plan, qbert_plan, quantization_map, quantize_,
                          uniform_plan)
 from qbert.quant.input_ranges import InputRanges
@@ -55,3 +56,15 @@ def run_folder(path: Path, plan: str = "q8bert") -> Path:
     model.save_pretrained(path / "model")
     (path / "model" / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
     return path
+
+
+def sst2_tiny_packed(path: Path) -> Path:
+    """A tiny BERT with the MiniLM tokenizer's vocabulary and 128 positions (the dev batches')."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**dict(TINY, vocab_size=30522, max_position_embeddings=128,
+                                                            num_labels=2))).eval()
+    quantize_(model, q8bert_plan())
+    g = torch.Generator().manual_seed(7)
+    with calibration(model), torch.no_grad():
+        model(input_ids=torch.randint(1000, 30522, (8, 32), generator=g))
+    return export_packed(model, path)

@@ -6,6 +6,7 @@ exactly the packed codes and qbert's quantized activations, element by element."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
@@ -16,11 +17,12 @@ from onnx import TensorProto, numpy_helper
 from transformers import BertConfig, BertForSequenceClassification
 
 import export_testing
-from export_testing import TINY, batch, quantized_tiny
+from export_testing import TINY, batch, quantized_tiny, sst2_tiny_packed
 from qbert.export import export_packed, load_packed
 from qbert.export.cli import ONNX_TOLERANCE, main
 from qbert.export.modules import PackedLinear
 from qbert.export.onnx_export import export_onnx
+from qbert.export import onnx_runtime
 from qbert.export.onnx_runtime import OnnxModel
 from qbert.quant import calibration, q8bert_plan, qbert_plan, quantization_map, quantize_
 from qbert.quant.primitives import FLOAT_BITS, compute_qparams, qrange, quantize, range_from_tensor
@@ -73,13 +75,8 @@ def quantized_linears(loaded) -> dict[str, PackedLinear]:
 
 
 def with_outputs(proto: onnx.ModelProto, names: list[str], tmp_path) -> OnnxModel:
-    """The graph with intermediate tensors as outputs too (types from shape inference)."""
-    proto = onnx.shape_inference.infer_shapes(proto)
-    info = {v.name: v for v in proto.graph.value_info}
-    proto.graph.output.extend(info[n] for n in names)
-    path = tmp_path / "debug.onnx"
-    onnx.save(proto, str(path))
-    return OnnxModel(path)
+    """The graph with intermediate tensors as outputs too."""
+    return onnx_runtime.with_outputs(proto, names, tmp_path / "debug.onnx")
 
 
 def input_chain_root(proto: onnx.ModelProto, module: str) -> str:
@@ -230,3 +227,26 @@ def test_cli_names_the_missing_extra(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(_run_folder(tmp_path)), "--onnx"])
     assert exit_.value.code == 2 and "qbert[onnx]" in capsys.readouterr().err
+
+
+def test_the_runtime_gap_trace_reads_every_layer_s_codes(tmp_path):
+    """``experiments/trace_runtime_gap.py``: on a tiny model the codes of our graph in ONNX Runtime
+    are the loader's (a rare one-step flip at most) and every quantized Linear is reported."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    packed = sst2_tiny_packed(tmp_path / "tiny.qbert.safetensors")
+    out = tmp_path / "trace.json"
+    run = subprocess.run([sys.executable, str(root / "experiments" / "trace_runtime_gap.py"), "--packed", str(packed),
+                          "--data", str(root / "qbert" / "data" / "sample"), "--sentences", "40", "--out", str(out)],
+                         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    layers = result["layers"]
+    assert len(layers) == 6 * TINY["num_hidden_layers"] and result["sentences"] == 40
+    for name, c in layers.items():
+        assert c["codes"] > 0 and c["max_steps"] <= 1 and c["fraction_differ"] <= 1e-3, (name, c)
+    assert result["max_abs_logit_diff"] <= TOLERANCE

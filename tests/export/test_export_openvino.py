@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
-from export_testing import TINY, batch, quantized_tiny, run_folder
+from export_testing import batch, quantized_tiny, sst2_tiny_packed, run_folder
 from qbert.export import export_packed, load_packed
 from qbert.export.int8_cpu import float_copy
 from qbert.export.modules import PackedLinear
-from qbert.quant import calibration, q8bert_plan, quantize_
 from qbert.quant.primitives import FLOAT_BITS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,18 +111,6 @@ def test_a_missing_openvino_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     with pytest.raises(ImportError, match=r"qbert\[openvino\]"):
         require_openvino()
-
-
-def sst2_tiny_packed(path: Path) -> Path:
-    """A tiny BERT with the MiniLM tokenizer's vocabulary and 128 positions (the dev batches')."""
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(**dict(TINY, vocab_size=30522, max_position_embeddings=128,
-                                                            num_labels=2))).eval()
-    quantize_(model, q8bert_plan())
-    g = torch.Generator().manual_seed(7)
-    with calibration(model), torch.no_grad():
-        model(input_ids=torch.randint(1000, 30522, (8, 32), generator=g))
-    return export_packed(model, path)
 
 
 @pytest.mark.slow
