@@ -63,7 +63,7 @@ def naive_power_iteration_seconds(model, datamodule, sens, runs: int, max_iters:
 
 
 def markdown(task: str, sens, trace_sens, naive: dict | None) -> str:
-    lines = [f"| layer | mean λ | std λ | min λ | max λ | runs λ<0 | Ω = \\|mean\\| + std | converged |"
+    lines = ["| layer | mean λ | std λ | min λ | max λ | runs λ<0 | Ω = \\|mean\\| + std | converged |"
              + (" trace / weight |" if trace_sens else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if trace_sens else "")]
     trace_rows = trace_sens.table() if trace_sens else None

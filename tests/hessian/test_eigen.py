@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tiny_bert import tiny_batch, tiny_model
-from test_hvp import explicit_block_hessian, unflat
+from test_hvp import explicit_block_hessian
 from qbert.hessian import BlockHessian, hutchinson_trace, power_iteration
 from qbert.hessian.eigen import PowerIteration
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tiny_bert import tiny_batch, tiny_model
+from tiny_bert import tiny_model
 from qbert.data.module import PadCollator
 from qbert.hessian import SensitivityError, analyze, draw_run_batches
 from qbert.hessian import cache

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertForToken
 
 from qbert.config import DistillConfig, ModelConfig, TaskConfig
 from qbert.quant import calibration, mkq_plan, quantize_
-from qbert.train.distill import Distiller, distillation_loss, load_teacher
+from qbert.train.distill import Distiller, load_teacher
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=64)
