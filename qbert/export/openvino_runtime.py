@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from qbert.export.modules import PackedEmbedding, PackedLinear
+from qbert.export.modules import PackedLinear
 
 EXTRA = "pip install 'qbert[openvino]'"
 
@@ -35,9 +35,10 @@ def require_openvino(nncf: bool = False) -> None:
 
 
 def int2_modules(model: torch.nn.Module) -> list[str]:
-    """The packed modules of ``model`` whose weights the ONNX graph holds as int2/uint2 (2 bits or
-    fewer), which OpenVINO's ONNX reader refuses."""
-    return [name for name, m in model.named_modules() if isinstance(m, (PackedLinear, PackedEmbedding)) and m.w_bits <= 2]
+    """The packed Linears of ``model`` whose weights the ONNX graph holds as int2/uint2 (2 bits or
+    fewer), which OpenVINO's ONNX reader refuses. Embeddings are not among them: the graph gathers
+    their codes as int8/uint8 whatever the width."""
+    return [name for name, m in model.named_modules() if isinstance(m, PackedLinear) and m.w_bits <= 2]
 
 
 def read_model(path: str | Path):
@@ -59,7 +60,7 @@ def save_ir(onnx_path: str | Path, xml_path: str | Path) -> tuple[Path, Path]:
 
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    ov.save_model(read_model(onnx_path), str(xml_path), compress_to_fp16=False)
     return xml_path, xml_path.with_suffix(".bin")
 
 
