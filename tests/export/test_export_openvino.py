@@ -231,3 +231,30 @@ def test_cli_names_a_failed_conversion_in_one_line(openvino, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("qbert-export: error: --backend openvino: converting ") and err.endswith("Unsupported type\n")
     assert err.count("\n") == 1
+
+
+def test_int2_modules_names_2_bit_linears_not_2_bit_embeddings(tmp_path):
+    """What ``--backend openvino`` refuses is what the ONNX graph stores as int2: 2-bit Linear
+    weights; embedding codes are gathered as int8 whatever their width (runs without openvino)."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from export_testing import TINY
+    from qbert.export.onnx_export import export_onnx
+    from qbert.export.openvino_runtime import int2_modules
+    from qbert.quant import calibration, qbert_plan, quantize_
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**TINY)).eval()
+    quantize_(model, qbert_plan(4, 2, 8, groups=16))  # 4-bit Linears, 2-bit embeddings
+    with calibration(model), torch.no_grad():
+        model(**batch(seed=7, size=8))
+    loaded = load_packed(export_packed(model, tmp_path / "e2.qbert.safetensors"))
+    assert int2_modules(loaded) == []
+    proto = onnx.load(str(export_onnx(loaded, tmp_path / "e2.onnx")))
+    int2 = {onnx.TensorProto.INT2, onnx.TensorProto.UINT2} if hasattr(onnx.TensorProto, "INT2") else set()
+    assert not any(t.data_type in int2 for t in proto.graph.initializer)
+    mixed = load_packed(export_packed(quantized_tiny("qbert_mp_asym"), tmp_path / "mp.qbert.safetensors"))
+    assert int2_modules(mixed) and all(".layer.1." in name for name in int2_modules(mixed))
