@@ -260,13 +260,12 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
 
             ort_paths = {key: OnnxModel(f, threads=threads) for key, f in ort_files.items()}
         for batch, seq in grid:
-            point = bench_point(name, loaded, fp32, ort_paths, ov_models, batch, seq, threads, args, sst2)
+            point, paths = bench_point(name, loaded, fp32, ort_paths, ov_models, batch, seq, threads, args, sst2)
             # the dev batches' shape, at the last thread count: the very paths just timed
             if measure_accuracy and (batch, seq) == (32, 128) and threads == args.threads[-1]:
-                acc = dev_accuracy(point.pop("_paths"), loaded, sst2["dev"], sst2["labels"])
+                acc = dev_accuracy(paths, loaded, sst2["dev"], sst2["labels"])
                 point["accuracy"] = out["accuracy"] = {"dev_sentences": len(sst2["labels"]), "threads": threads, **acc}
                 print(f"{name} SST-2 dev ({len(sst2['labels'])}): " + ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in acc.items()), flush=True)
-            point.pop("_paths", None)
             out["points"].append(point)
             torch._dynamo.reset()
     if args.accuracy and not measure_accuracy:
@@ -275,9 +274,9 @@ def bench_model(name: str, packed: Path, grid: list[tuple[int, int]], args, sst2
 
 
 def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch: int, seq: int, threads: int,
-                args, sst2: dict) -> dict:
-    """Every path at one batch x seq point and thread count, interleaved round by round. The
-    built paths ride along under ``_paths`` (for the accuracy pass)."""
+                args, sst2: dict) -> tuple[dict, dict]:
+    """Every path at one batch x seq point and thread count, interleaved round by round: the
+    point's record and the paths built for it (for the accuracy pass)."""
     inputs = example(batch, seq, loaded.config.vocab_size)
     calib_sentences = sst2["calibration"]
     paths, setup, failed = {"fp32_eager": fp32}, {}, {}
@@ -331,8 +330,7 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
     if failed:
         point["failed"] = failed
     print(f"{name} {batch}x{seq} {threads}t: " + ", ".join(f"{k} {point['latency_ms'][k]:.1f} ms ({point['speedup_vs_fp32_eager'][k]:.2f}x)" for k in lat), flush=True)
-    point["_paths"] = paths
-    return point
+    return point, paths
 
 
 def cuda_timed(fn, inputs, warmup: int, iters: int) -> list[float]:

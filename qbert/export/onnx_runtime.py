@@ -17,6 +17,17 @@ def require_onnx() -> None:
         raise ImportError(f"the ONNX export needs onnx and onnxruntime ({err}): pip install 'qbert[onnx]'") from None
 
 
+def graph_feeds(names: list[str], batch: dict[str, Tensor]) -> dict:
+    """A transformers batch as an exported graph's int64 inputs ``names``: token types default
+    to zeros, as in transformers (ONNX Runtime and OpenVINO models alike)."""
+    ids = batch["input_ids"]
+    out = {}
+    for name in names:
+        t = batch.get(name)
+        out[name] = (torch.zeros_like(ids) if t is None and name == "token_type_ids" else t).numpy().astype("int64")
+    return out
+
+
 class OnnxModel:
     """An ONNX Runtime session called like a transformers model: ``model(**batch)["logits"]``."""
 
@@ -32,12 +43,7 @@ class OnnxModel:
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def feeds(self, batch: dict[str, Tensor]) -> dict:
-        ids = batch["input_ids"]
-        out = {}
-        for name in self.inputs:  # token types default to zeros, as in transformers
-            t = batch.get(name)
-            out[name] = (torch.zeros_like(ids) if t is None and name == "token_type_ids" else t).numpy().astype("int64")
-        return out
+        return graph_feeds(self.inputs, batch)
 
     def run(self, batch: dict[str, Tensor], outputs: list[str] | None = None) -> dict[str, Tensor]:
         names = outputs or self.outputs

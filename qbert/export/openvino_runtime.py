@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from qbert.export.modules import PackedLinear
+from qbert.export.onnx_runtime import graph_feeds
 
 EXTRA = "pip install 'qbert[openvino]'"
 
@@ -100,12 +101,7 @@ class OpenVinoModel:
         self.request = self.compiled.create_infer_request()
 
     def feeds(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        ids = batch["input_ids"]
-        out = {}
-        for name in self.inputs:  # token types default to zeros, as in transformers
-            t = batch.get(name)
-            out[name] = (torch.zeros_like(ids) if t is None and name == "token_type_ids" else t).numpy().astype("int64")
-        return out
+        return graph_feeds(self.inputs, batch)
 
     def __call__(self, **batch: Tensor) -> dict[str, Tensor]:
         self.request.infer(self.feeds(batch))
