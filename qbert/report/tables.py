@@ -69,7 +69,8 @@ class Table:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{r.method} {r.w_bits}: {f}" for r in self.rows for f in r.failed]
+        # a mixed row's widths read "2/4 MP" and its method already says MP: "Q-BERT MP 2/4", once
+        return [f"{r.method} {r.w_bits.removesuffix(' MP')}: {f}" for r in self.rows for f in r.failed]
 
 
 def _sort_key(row: TableRow) -> tuple:

@@ -14,7 +14,7 @@ from qbert.report.cli import report
 from qbert.report.collect import collect_rows
 from qbert.report.figures import pareto_front
 from qbert.report.paper import PaperNumbers
-from qbert.report.tables import build_tables, markdown, to_csv
+from qbert.report.tables import Table, TableRow, build_tables, markdown, to_csv
 
 
 def qmap_for(method: str, w_bits: int, groups: int, layer_bits=None, layers: int = 4) -> dict:
@@ -335,3 +335,14 @@ def test_a_row_without_results_prints_the_widths_a_finished_row_would():
     assert (mp.method, mp.w_bits, mp.groups, mp.status) == ("Q-BERT MP", "2/3 MP", 128, "not started")
     directq = row({"method": "directq", "w_bits": 4, "groups": 128})  # directq does not read groups
     assert (directq.w_bits, directq.groups) == ("4", 1)
+
+
+def test_failure_line_names_a_mixed_row_once():
+    """A failed MP row is named "Q-BERT MP 2/4", not "Q-BERT MP 2/4 MP" (its widths end in MP too)."""
+    def row(method, w_bits):
+        return TableRow(method=method, w_bits=w_bits, mean_w_bits=3.0, e_bits=8, a_bits=8, groups=128, values=[],
+                        seeds=[], size_wo_e_mib=None, family="qbert", failed=["seed 1: NotStarted: never started"])
+    table = Table(experiment="exp", task="mnli", model="minilm", metric="accuracy",
+                  rows=[row("Q-BERT MP", "2/4 MP"), row("Q-BERT", "2")])
+    assert table.failures == ["Q-BERT MP 2/4: seed 1: NotStarted: never started",
+                              "Q-BERT 2: seed 1: NotStarted: never started"]
