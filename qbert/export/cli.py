@@ -39,8 +39,8 @@ import torch  # noqa: E402
 # sentences): layer 0's input codes differ in 0-3e-5 of places, layer 5's in 10-19% (many by
 # more than a step), max |logit diff| 0.23. Measured max |logit diff| over the 872 dev sentences:
 # a 3/2-bit Q-BERT run 0.017; Q8BERT-plan PTQ models 0.26 and 0.72 (0.052 and 0.67 on this
-# command's random batch); the Q8BERT QAT MiniLM 0.83 (0.076 on the batch). A coarse guard against a broken graph; exactness is tested on tiny
-# models (every code, logits within 1e-3).
+# command's random batch); the Q8BERT QAT MiniLM 0.83 (0.076 on the batch). A coarse guard
+# against a broken graph; exactness is tested on tiny models (every code, logits within 1e-3).
 ONNX_TOLERANCE = 1.0
 # OpenVINO runs the same QDQ graph (Q/DQ pairs as FakeQuantize) with its own kernels and summation
 # order, so the same one-step code flips happen, and more often. On this command's batch: tiny test
