@@ -118,7 +118,7 @@ def delta_vs_paper(table: Table, path: Path) -> Path | None:
                 label="ours" if y == ys[0] else None)
         ax.barh(y - 0.19, r.paper.delta, 0.36, color=colour, alpha=0.35, hatch="//", edgecolor=colour,
                 label="paper" if y == ys[0] else None)
-    ax.set_yticks(ys, [f"{r.method} {r.w_bits.removesuffix(' MP')}-bit" for r in rows], fontsize=8)
+    ax.set_yticks(ys, [f"{r.label}-bit" for r in rows], fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"Δ {table.metric} vs baseline (points)")
     ax.set_title(f"{table.task} / {table.model}: our Δ (solid) vs the paper's Δ (hatched)", fontsize=10)

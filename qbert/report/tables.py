@@ -44,6 +44,12 @@ class TableRow:
     def std(self) -> Optional[float]:
         return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
+    @property
+    def label(self) -> str:
+        """The row by name: "Q-BERT 4", "Q-BERT MP 2/4" (a mixed row's widths read "2/4 MP" and its
+        method already says MP)."""
+        return f"{self.method} {self.w_bits.removesuffix(' MP')}"
+
     def shown(self) -> str:
         if self.mean is None:
             return " / ".join(sorted(self.states)) or "failed"
@@ -69,8 +75,7 @@ class Table:
 
     @property
     def failures(self) -> list[str]:
-        # a mixed row's widths read "2/4 MP" and its method already says MP: "Q-BERT MP 2/4", once
-        return [f"{r.method} {r.w_bits.removesuffix(' MP')}: {f}" for r in self.rows for f in r.failed]
+        return [f"{r.label}: {f}" for r in self.rows for f in r.failed]
 
 
 def _sort_key(row: TableRow) -> tuple:
