@@ -21,6 +21,14 @@ batch x sequence point, in the same process and interleaved round by round:
 * ``ov_nncf`` (``--openvino``): the peer: NNCF's post-training int8 quantization of that fp32
   graph (transformer model type, MIXED preset; ``qbert.export.openvino_runtime``).
 
+``--bf16`` (a CPU with native bf16: avx512_bf16 or AMX; refused elsewhere, where bf16 is emulated):
+the same paths with their float ops in bf16, because on such a CPU bf16 is the float baseline a
+user would compare against and what an int8 graph's unquantized ops would run in:
+``bf16_eager`` / ``bf16_compiled`` (the float model under ``torch.autocast("cpu", bfloat16)``),
+``int8_pt2e_bf16`` (the int8 graph compiled and run under that autocast: torchao's
+int8-mixed-bf16), and every OpenVINO path again as ``<path>_bf16`` (``INFERENCE_PRECISION_HINT``
+bf16, checked on the compiled model). Each row also gets ``speedup_vs_bf16_compiled``.
+
 OpenVINO runs in latency mode with torch's thread count (``INFERENCE_NUM_THREADS``), fp32 for
 the ops it does not quantize, compiled for each point's static shape (as ``torch.compile``
 specializes); ONNX Runtime keeps dynamic shapes. Every path that calibrates (``int8_pt2e``'s
@@ -63,6 +71,7 @@ import torch
 
 from qbert.export import export_packed, load_packed
 from qbert.export.int8_cpu import compile_int8, float_copy, quantize_int8
+from qbert.precision import native_bf16_features
 
 # eval_packed.py's batching (its protocol: padded to seq, the last batch filled with copies, not scored)
 from eval_packed import batches
@@ -100,6 +109,18 @@ def timed(fn, inputs, warmup: int, iters: int, budget_s: float) -> list[float]:
             fn(**inputs)
             times.append(time.perf_counter() - t)
     return times
+
+
+class Bf16Autocast:
+    """``fn`` called under ``torch.autocast("cpu", bfloat16)``: its float ops run in bf16. A
+    ``torch.compile``d ``fn`` is traced (on its first call) under the same autocast state."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, **inputs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.fn(**inputs)
 
 
 def torchao_dynamic(model):
@@ -294,6 +315,14 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
     with torch.no_grad():
         paths["int8_pt2e"](**inputs)
     setup["int8_pt2e"] = time.perf_counter() - t
+    if args.bf16:
+        paths["bf16_eager"] = Bf16Autocast(fp32)
+        for key, make in (("bf16_compiled", lambda: torch.compile(fp32)), ("int8_pt2e_bf16", lambda: compile_int8(converted))):
+            t = time.perf_counter()
+            paths[key] = Bf16Autocast(make())  # a fresh compiled object: traced under autocast
+            with torch.no_grad():
+                paths[key](**inputs)
+            setup[key] = time.perf_counter() - t
     if args.alternatives and (batch, seq) == (32, 128):
         t = time.perf_counter()
         paths["int8_dynamic_torchao"] = torchao_dynamic(loaded)
@@ -308,10 +337,12 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
         from qbert.export.openvino_runtime import OpenVinoModel
 
         for key, model in ov_models.items():  # compiled for the point's static shape
-            compiled = attempt(failed, key, lambda m=model: OpenVinoModel(m, threads, (batch, seq)), setup)
-            if compiled is not None:
-                paths[key] = compiled
-                ov_layers[key] = compiled.int8_layers()
+            for precision in ("f32", "bf16") if args.bf16 else ("f32",):
+                name_ = key if precision == "f32" else f"{key}_bf16"
+                compiled = attempt(failed, name_, lambda m=model, p=precision: OpenVinoModel(m, threads, (batch, seq), p), setup)
+                if compiled is not None:
+                    paths[name_] = compiled
+                    ov_layers[name_] = compiled.int8_layers()
     for key, fn in list(paths.items()):  # one call first: a path that fails to run is recorded, not timed
         if key.startswith(("ort_", "ov_")) and attempt(failed, key, lambda f=fn: f(**inputs)) is None:
             del paths[key]
@@ -325,6 +356,8 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
              "throughput_seq_per_s": {k: round(batch / v, 2) for k, v in lat.items()},
              "speedup_vs_fp32_eager": {k: round(lat["fp32_eager"] / v, 3) for k, v in lat.items()},
              "iterations": {k: len(v) for k, v in times.items()}}
+    if "bf16_compiled" in lat:  # the float baseline a bf16 CPU offers
+        point["speedup_vs_bf16_compiled"] = {k: round(lat["bf16_compiled"] / v, 3) for k, v in lat.items()}
     if ov_layers:
         point["openvino_matmul_precisions"] = ov_layers
     if failed:
@@ -450,6 +483,8 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime: our QDQ export and quantize_static")
     parser.add_argument("--openvino", action="store_true",
                         help="also OpenVINO: our QDQ export, the fp32 graph, NNCF's PTQ of it (pip install 'qbert[openvino]')")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also every path with its float ops in bf16 (a CPU with native bf16 only)")
     parser.add_argument("--accuracy", action="store_true",
                         help="SST-2 dev accuracy of every path at 32x128 (minilm: needs 32x128 in --grid)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "qbert" / "data" / "sample",
@@ -484,6 +519,9 @@ def main() -> None:
             require_openvino(nncf=True)
         except ImportError as err:
             parser.error(f"--openvino: {err}")
+    if args.bf16 and (args.device != "cpu" or not native_bf16_features()):
+        parser.error("--bf16: needs --device cpu on a CPU with native bf16 (avx512_bf16 or AMX); "
+                     "this one would emulate bf16, so its timings would not be bf16's")
     if args.calibration_sentences < 1:
         parser.error("--calibration-sentences must be at least 1")
     if args.accuracy_sentences is not None and not (args.accuracy and args.accuracy_sentences >= 1):
@@ -529,7 +567,8 @@ def main() -> None:
 
 # our model's int8 paths and the runtime qbert-export names for each; the peers (ort_static,
 # ov_nncf) quantize the float graph themselves, so they are compared with, never chosen
-OUR_INT8_PATHS = {"ort_qdq": "onnxruntime", "ov_qdq": "openvino", "int8_pt2e": "pt2e"}
+OUR_INT8_PATHS = {"ort_qdq": "onnxruntime", "ov_qdq": "openvino", "int8_pt2e": "pt2e",
+                  "ov_qdq_bf16": "openvino", "int8_pt2e_bf16": "pt2e"}
 ACCURACY_POINTS = 0.3  # the issue's bound: within 0.3 points of the fake-quantized model
 
 

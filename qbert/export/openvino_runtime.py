@@ -65,11 +65,17 @@ def save_ir(onnx_path: str | Path, xml_path: str | Path) -> tuple[Path, Path]:
     return xml_path, xml_path.with_suffix(".bin")
 
 
-def cpu_config(threads: int | None) -> dict[str, Any]:
-    """Latency mode (one stream), ``threads`` intra-op threads, and fp32 for every op that is not
-    quantized: on CPUs with bf16 units OpenVINO would otherwise run them in bf16, which no other
-    path of the benchmark does."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+FLOAT_PRECISIONS = ("f32", "bf16")
+
+
+def cpu_config(threads: int | None, precision: str = "f32") -> dict[str, Any]:
+    """Latency mode (one stream), ``threads`` intra-op threads, and ``precision`` for every op that
+    is not quantized. Always explicit: on CPUs with bf16 units OpenVINO would otherwise pick bf16
+    by itself, so an "fp32" comparison would silently not be one; ``bf16`` is asked for by name
+    (the benchmark's ``*_bf16`` paths, beside PyTorch's bf16 autocast)."""
+    if precision not in FLOAT_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(FLOAT_PRECISIONS)}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return config
@@ -83,7 +89,8 @@ class OpenVinoModel:
     it the graph keeps its dynamic axes.
     """
 
-    def __init__(self, model: Any, threads: int | None = None, shape: tuple[int, int] | None = None) -> None:
+    def __init__(self, model: Any, threads: int | None = None, shape: tuple[int, int] | None = None,
+                 precision: str = "f32") -> None:
         require_openvino()
         import openvino as ov
 
@@ -91,11 +98,14 @@ class OpenVinoModel:
         model = core.read_model(str(model)) if isinstance(model, (str, Path)) else model.clone()
         if shape is not None:
             model.reshape({i.get_any_name(): ov.PartialShape(list(shape)) for i in model.inputs})
-        self.config = cpu_config(threads)
+        self.config = cpu_config(threads, precision)
         self.compiled = core.compile_model(model, "CPU", self.config)
         if threads and int(self.compiled.get_property("INFERENCE_NUM_THREADS")) != int(threads):
             raise RuntimeError(f"INFERENCE_NUM_THREADS: asked {threads}, OpenVINO compiled with "
                                f"{self.compiled.get_property('INFERENCE_NUM_THREADS')}")
+        got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if got != {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[precision]:  # e.g. bf16 asked on a CPU without bf16 units: refused, not run as f32
+            raise RuntimeError(f"INFERENCE_PRECISION_HINT: asked {precision}, OpenVINO compiled with {got}")
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         self.request = self.compiled.create_infer_request()

@@ -56,3 +56,12 @@ def test_a_path_missing_at_some_point_is_not_compared(choose):
     minilm = run([{"ort_qdq": 1.1, "ov_qdq": 5.0}, {"ort_qdq": 1.2}], {"loader": 86.9, "ort_qdq": 86.9, "ov_qdq": 86.9})
     choice = choose(minilm)
     assert "ov_qdq" not in choice["speedup_over_points"] and choice["chosen"] == "onnxruntime"
+
+
+def test_a_bf16_variant_of_our_graph_is_chosen_as_its_runtime(choose):
+    # on a CPU with bf16 units the int8 graph with bf16 float ops is one of ours; bf16 float is not
+    minilm = run([{"bf16_compiled": 4.0, "int8_pt2e": 2.0, "int8_pt2e_bf16": 3.0, "ov_qdq_bf16": 2.5}],
+                 {"loader": 86.9, "bf16_compiled": 86.9, "int8_pt2e": 86.9, "int8_pt2e_bf16": 86.8, "ov_qdq_bf16": 86.9})
+    choice = choose(minilm)
+    assert choice["chosen"] == "pt2e" and choice["chosen_path"] == "int8_pt2e_bf16"
+    assert "bf16_compiled" not in choice["eligible"]

