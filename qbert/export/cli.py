@@ -52,10 +52,13 @@ OPENVINO_TOLERANCE = 1.0
 
 BACKENDS = ("onnxruntime", "openvino")
 # experiments/bench_inference.py's rule (our int8 paths within 0.3 points of the loader, fastest
-# by geometric mean over the grid) chose none on this project's AVX2 CPU: every path was 0.35-0.69
-# points off (results/bench_inference_full_cpu.json). onnxruntime stays: the highest geometric-mean
-# speedup of our paths there (1.22x; PT2E 1.18x, OpenVINO 0.73x), the closest to the loader (tied
-# with OpenVINO), and a file any machine can run.
+# by geometric mean over the grid) depends on the CPU. On an AVX2-only EPYC it chose none: every
+# path was 0.35-0.69 points off (results/bench_inference_full_cpu.json); onnxruntime was our fastest
+# there (1.22x; PT2E 1.18x, OpenVINO 0.73x). On a Xeon with AMX it chose openvino with bf16 float
+# ops (5.55x; onnxruntime 2.11x: results/bench_inference_amx_cpu.json). No one runtime is best on
+# both, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2 thread; onnxruntime stays the
+# default: our fastest on the AVX2 CPU, within 0.3 points on the AMX one, installed by qbert[onnx].
+# README ("Packed export") sends AMX users to --backend openvino.
 DEFAULT_BACKEND = "onnxruntime"
 
 
