@@ -104,7 +104,8 @@ class OpenVinoModel:
             raise RuntimeError(f"INFERENCE_NUM_THREADS: asked {threads}, OpenVINO compiled with "
                                f"{self.compiled.get_property('INFERENCE_NUM_THREADS')}")
         got = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        if got != {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[precision]:  # e.g. bf16 asked on a CPU without bf16 units: refused, not run as f32
+        # FLOAT_PRECISIONS are ov.Type names; e.g. bf16 asked on a CPU without bf16 units is refused, not run as f32
+        if got != getattr(ov.Type, precision):
             raise RuntimeError(f"INFERENCE_PRECISION_HINT: asked {precision}, OpenVINO compiled with {got}")
         self.inputs = [i.get_any_name() for i in self.compiled.inputs]
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
