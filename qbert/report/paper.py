@@ -54,10 +54,17 @@ class PaperNumbers:
                         raise ValueError(f"{path}: {name}.tasks.{task}.rows[{i}] lacks {sorted(missing)}")
         return cls(data, path)
 
-    def cell(self, family: str, task: str, method: str, w_bits: str) -> Optional[PaperCell]:
+    def cell(self, family: str, task: str, method: str, w_bits: str,
+             groups: Optional[int] = None) -> Optional[PaperCell]:
+        """The paper's number for our row. A paper that names the group count of a method
+        (``groups: {method: count}``) matches only our rows with that count: a 12-group row of the
+        group-count study is not the paper's 128-group Q-BERT row."""
         paper = self.data.get(family) or {}
         table = (paper.get("tasks") or {}).get(task)
         if not table:
+            return None
+        paper_groups = (paper.get("groups") or {}).get(method)
+        if paper_groups is not None and groups is not None and int(groups) != int(paper_groups):
             return None
         rows = table.get("rows") or []
         baseline = next((r["value"] for r in rows if r["method"] == "Baseline"), None)

@@ -121,7 +121,8 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
             if t.mean is not None and baseline is not None and t.method != "Baseline":
                 t.delta = t.mean - baseline
             if paper is not None:
-                t.paper = paper.cell(base_family if t.method == "Baseline" else t.family, task, t.method, t.w_bits)
+                t.paper = paper.cell(base_family if t.method == "Baseline" else t.family, task, t.method, t.w_bits,
+                                     t.groups)
         metric = next((r.metric for r in members if r.metric != "?"), "?")
         note = paper.note(base_family, task) if paper is not None else None
         tables.append(Table(experiment, task, model, metric, table_rows, omega, note))

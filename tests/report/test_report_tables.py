@@ -346,3 +346,12 @@ def test_failure_line_names_a_mixed_row_once():
                   rows=[row("Q-BERT MP", "2/4 MP"), row("Q-BERT", "2")])
     assert table.failures == ["Q-BERT MP 2/4: seed 1: NotStarted: never started",
                               "Q-BERT 2: seed 1: NotStarted: never started"]
+
+
+def test_a_row_with_another_group_count_gets_no_paper_number():
+    paper = PaperNumbers.load()
+    assert paper.cell("qbert", "sst2", "Q-BERT", "4", 128).value == 92.66
+    assert paper.cell("qbert", "sst2", "Q-BERT", "4", None).value == 92.66  # count unknown: by name
+    assert paper.cell("qbert", "sst2", "Q-BERT", "4", 12) is None  # the group-count study's row
+    assert paper.cell("qbert", "sst2", "DirectQ", "4", 1).value == 85.67
+    assert paper.cell("qbert", "sst2", "DirectQ", "4", 128) is None
