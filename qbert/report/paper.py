@@ -43,6 +43,9 @@ class PaperNumbers:
         for name, paper in data.items():
             if not isinstance(paper, dict) or not isinstance(paper.get("tasks") or {}, dict):
                 raise ValueError(f"{path}: {name}: expected a mapping with a 'tasks' mapping")
+            counts = paper.get("groups") or {}
+            if not isinstance(counts, dict) or not all(isinstance(c, int) for c in counts.values()):
+                raise ValueError(f"{path}: {name}.groups: expected a mapping of method -> group count, found {counts!r}")
             for task, table in (paper.get("tasks") or {}).items():
                 if not isinstance(table, dict) or not isinstance(table.get("rows") or [], list):
                     raise ValueError(f"{path}: {name}.tasks.{task}: expected a mapping with a 'rows' list")

@@ -163,6 +163,7 @@ def test_paper_numbers_are_checked(tmp_path):
     ("- qbert\n- q8bert\n", "expected a mapping of paper -> its tables, found a list"),
     ("qbert:\n  tasks:\n    sst2: [1, 2]\n", "qbert.tasks.sst2: expected a mapping with a 'rows' list"),
     ("qbert:\n  tasks:\n    sst2:\n      rows: [DirectQ]\n", "qbert.tasks.sst2.rows[0]: expected a mapping"),
+    ("qbert:\n  groups: [128]\n  tasks: {}\n", "qbert.groups: expected a mapping of method -> group count"),
 ])
 def test_paper_numbers_that_are_not_a_table_are_refused_naming_the_file(tmp_path, capsys, content, said):
     bad = tmp_path / "paper.yaml"
