@@ -70,7 +70,9 @@ def report(folders: list[Path], out_dir: Path, paper_path: Path | None = None,
                            rows=[[i.config_hash, i.seed, i.status, i.wall_seconds, i.command, i.folder]
                                  for i in sorted(infos, key=lambda i: i.folder)], digits=0)
     sweep_notes = [f"{s.command}   ({s.jobs} jobs in {s.folder}"
-                   + (f", wall {s.wall_seconds:.0f} s)" if s.wall_seconds is not None else ")") for s in sweeps]
+                   + (f", wall {s.wall_seconds:.0f} s" if s.wall_seconds is not None else "")
+                   + (f"; and {s.other_jobs} job(s) of an earlier command, see the job table)" if s.other_jobs else ")")
+                   for s in sweeps]
     write_dashboard(out_dir / "reproducibility.html", f"Reproducibility report: {title}",
                     [*sections, Section(title="Commands and jobs", notes=sweep_notes, tables=[jobs_table]),
                      Section(title="Environment, data, protocol",

@@ -27,6 +27,7 @@ class Sweep:
     jobs: int
     wall_seconds: float | None  # first job start to last job end (from job.json), when recorded
     job_wall_seconds: float = 0.0  # the sum of its jobs' own wall times (results.json), reused ones excluded
+    other_jobs: int = 0  # jobs in the folder this command did not plan: an earlier command into the same folder
 
 
 @dataclass
@@ -48,7 +49,21 @@ def command_line(overrides: list[str], multirun: bool = False) -> str:
     return " ".join(["qbert", *(["-m"] if multirun else []), *(shlex.quote(o) for o in overrides)])
 
 
+def _planned_jobs(multirun: dict) -> set[frozenset[str]] | None:
+    """The overrides of every job this sweep's command plans (as sets: one key each, and the order is
+    the sweeper's business); None when they cannot be rebuilt."""
+    from qbert.report.planned import planned_overrides
+
+    try:
+        return {frozenset(str(o) for o in job) for job in planned_overrides(multirun)}
+    except Exception:  # noqa: BLE001 - another sweeper, or a damaged plan: every job counts as this command's
+        return None
+
+
 def find_sweeps(folders: list[Path]) -> list[Sweep]:
+    """Every sweep under the folders. Hydra keeps only the last command's ``multirun.yaml`` in a sweep
+    folder, so the jobs an earlier command left there are counted apart (their own commands are in the
+    job table) and the sweep's walls cover this command's jobs only."""
     sweeps = []
     for folder in folders:
         for path in sorted(folder.glob("**/multirun.yaml")):
@@ -58,24 +73,28 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
             hydra = cfg.get("hydra") or {}
             task_overrides = ((hydra.get("overrides") or {}).get("task")) or []
             params = ((hydra.get("sweeper") or {}).get("params")) or {}
-            starts, ends, jobs = [], [], 0
-            for job in path.parent.glob("*/job.json"):
-                jobs += 1
-                info = read_json(job)
-                if info is None:
+            planned = _planned_jobs(cfg)
+            starts, ends, jobs, other_jobs, job_wall = [], [], 0, 0, 0.0
+            for job_dir in sorted(p for p in path.parent.iterdir() if p.is_dir()):
+                if not ((job_dir / "job.json").is_file() or (job_dir / ".hydra").is_dir()):
                     continue
-                if info.get("started"):
-                    starts.append(info["started"])
-                if info.get("ended"):
-                    ends.append(info["ended"])
-            wall = max(ends) - min(starts) if starts and ends else None
-            job_wall = 0.0
-            for results_path in path.parent.glob("*/results.json"):
-                results = read_json(results_path)
+                overrides = frozenset(str(o) for o in _overrides(job_dir))
+                if planned is not None and overrides and overrides not in planned:
+                    other_jobs += 1
+                    continue
+                jobs += 1
+                info = read_json(job_dir / "job.json") if (job_dir / "job.json").is_file() else None
+                if info:
+                    if info.get("started") is not None:
+                        starts.append(info["started"])
+                    if info.get("ended") is not None:
+                        ends.append(info["ended"])
+                results = read_json(job_dir / "results.json") if (job_dir / "results.json").is_file() else None
                 if results and not results.get("reused_from"):
                     job_wall += float((results.get("timing_seconds") or {}).get("wall") or 0.0)
+            wall = max(ends) - min(starts) if starts and ends else None
             sweeps.append(Sweep(str(path.parent), command_line(task_overrides, multirun=True), dict(params),
-                                jobs or len(list(path.parent.glob("*/.hydra"))), wall, job_wall))
+                                jobs, wall, job_wall, other_jobs))
     return sweeps
 
 
@@ -101,7 +120,7 @@ def environments(infos: list[JobInfo]) -> list[dict]:
         if not res:
             continue
         env = {"git_sha": (res.get("git") or {}).get("sha"), "git_dirty": (res.get("git") or {}).get("dirty"),
-               "device": res.get("device"), "versions": res.get("versions")}
+               "cwd_git": res.get("cwd_git"), "device": res.get("device"), "versions": res.get("versions")}
         key = json.dumps(env, sort_keys=True, default=str)
         seen.setdefault(key, {**env, "jobs": 0})["jobs"] += 1
     return list(seen.values())
@@ -115,6 +134,20 @@ def data_provenance(infos: list[JobInfo]) -> list[dict]:
             entry = {"task": info.results.get("task"), **data}
             seen.setdefault(json.dumps(entry, sort_keys=True, default=str), entry)
     return list(seen.values())
+
+
+def _dirty(flag: bool | None) -> str:
+    return {True: " (uncommitted changes)", False: " (clean)", None: " (unknown)"}[flag]
+
+
+def _code_version(env: dict) -> str:
+    """Which code ran: the checkout it was imported from or, for an installed package (no checkout
+    to read), the checkout the job was started in, which is where a worktree install comes from."""
+    if env["git_sha"] or not env.get("cwd_git"):
+        return f"git `{env['git_sha']}`{_dirty(env['git_dirty'])}"
+    cwd = env["cwd_git"]
+    return (f"installed package (no checkout to read), started in checkout `{cwd.get('sha')}`{_dirty(cwd.get('dirty'))}"
+            " (the version is in the versions line)")
 
 
 def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps: list[Sweep],
@@ -140,6 +173,10 @@ def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps
         wall = f", wall {s.wall_seconds:.0f} s" if s.wall_seconds is not None else ""
         wall += f", jobs' own wall times sum to {s.job_wall_seconds:.0f} s" if s.job_wall_seconds else ""
         out += [f"Sweep `{s.folder}` ({s.jobs} jobs{wall}):", "", "```bash", s.command, "```"]
+        if s.other_jobs:
+            out += ["", f"and {s.other_jobs} job(s) an earlier command left in the same folder (Hydra keeps only the "
+                        "last command's `multirun.yaml`): their own commands are in the job table below, and the "
+                        "walls above leave them out."]
         if s.sweeper_params:
             out += ["", "sweep axes: " + "; ".join(f"`{k}` = {v}" for k, v in s.sweeper_params.items())]
         out.append("")
@@ -150,8 +187,7 @@ def render_markdown(title: str, folders: list[Path], tables: list[Table], sweeps
         out.append(f"| `{info.config_hash}` | {info.seed} | {info.status} | {wall} | `{info.command}` |")
     out += ["", "## Environment", ""]
     for env in environments(infos):
-        dirty = {True: " (uncommitted changes)", False: " (clean)", None: " (unknown)"}[env["git_dirty"]]
-        out += [f"- {env['jobs']} job(s): git `{env['git_sha']}`{dirty}; device `{json.dumps(env['device'])}`",
+        out += [f"- {env['jobs']} job(s): {_code_version(env)}; device `{json.dumps(env['device'])}`",
                 "  - versions: " + ", ".join(f"{k} {v}" for k, v in (env["versions"] or {}).items())]
     out += ["", "## Data provenance and protocol", ""]
     for d in data_provenance(infos):

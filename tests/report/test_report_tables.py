@@ -14,6 +14,7 @@ from qbert.report.cli import report
 from qbert.report.collect import collect_rows
 from qbert.report.figures import pareto_front
 from qbert.report.paper import PaperNumbers
+from qbert.report.reproducibility import find_sweeps
 from qbert.report.tables import Table, TableRow, build_tables, markdown, to_csv
 
 
@@ -317,6 +318,38 @@ def test_a_job_finished_by_a_later_sweep_is_not_listed_as_never_started(tmp_path
     later = _planned_sweep(tmp_path / "later", {"qbert_w4": 80.0, "qbert_w3": 79.0})
     rows = collect_rows([first, later])
     assert not [r for r in rows if r.status != "finished"], [(r.method, r.w_bits, r.status) for r in rows]
+
+
+def test_jobs_of_an_earlier_command_into_the_same_sweep_folder_are_counted_apart(tmp_path):
+    """Hydra overwrites multirun.yaml with the last command; a job the first command left there is not
+    this command's job: the sweep says so, and its walls leave that job out."""
+    import yaml
+    sweep_dir = _planned_sweep(tmp_path / "sweep", {"qbert_w4": 80.0, "qbert_w3": 79.0})
+    earlier = write_job(sweep_dir / "9_earlier", "directq", 70.0, 1, w_bits=2, groups=1, experiment="qbert_sst2")
+    (earlier / ".hydra").mkdir()
+    (earlier / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["row=directq_w2", "experiment=qbert_sst2", "seed=1"]))
+    for num, job in enumerate(sorted(sweep_dir.glob("*_*"))):
+        (job / "job.json").write_text(json.dumps({"started": 100.0 * num, "ended": 100.0 * num + 10}))
+    (sweep,) = find_sweeps([sweep_dir])
+    # 0_job, 1_job: this command's, started at 0 and 100; 9_earlier sorts last (started 200) and is apart
+    assert (sweep.jobs, sweep.other_jobs) == (2, 1)
+    assert sweep.wall_seconds == pytest.approx(110.0) and sweep.job_wall_seconds == pytest.approx(20.0)
+    report([sweep_dir], tmp_path / "out")
+    repro = (tmp_path / "out" / "reproducibility.md").read_text()
+    assert "and 1 job(s) an earlier command left in the same folder" in repro
+    assert "`qbert row=directq_w2 experiment=qbert_sst2 seed=1`" in repro  # its own command, in the job table
+
+
+def test_an_installed_package_names_the_checkout_it_was_started_in(sweep, tmp_path):
+    job = sweep / "q1" / "results.json"
+    results = json.loads(job.read_text())
+    results["git"] = {"sha": None, "dirty": None, "installed": True}
+    results["cwd_git"] = {"sha": "7c07917", "dirty": False}
+    job.write_text(json.dumps(results))
+    report([sweep], tmp_path / "out")
+    repro = (tmp_path / "out" / "reproducibility.md").read_text()
+    assert "installed package (no checkout to read), started in checkout `7c07917` (clean)" in repro
+    assert "git `abc` (clean)" in repro  # the other jobs still name their own checkout
 
 
 def test_a_damaged_sweep_plan_costs_only_the_never_started_rows(tmp_path, caplog):
