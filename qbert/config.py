@@ -131,9 +131,14 @@ class DataConfig:
     # Tokenized features are cached here, keyed by task settings, tokenizer and data file (null:
     # tokenize every time). Where, not what: not part of the config hash.
     cache_dir: Optional[str] = "outputs/cache/features"
+    # Hold out N examples of the training split (one draw, the same for every seed and row), train
+    # on the rest, and validate and report on them instead of the task's val/test splits: for
+    # choosing a recipe without ever looking at the split a table reports. null: off.
+    holdout: Optional[int] = added_field(None, neutral=None)
 
     def __post_init__(self) -> None:
         _one_of(self.source, DATA_SOURCES, "data.source")
+        _check(self.holdout is None or self.holdout > 0, "data.holdout", f"must be positive or null, got {self.holdout}")
         _check(self.source != "local" or bool(self.root), "data.root",
                "data.source=local needs data.root (e.g. data.root=../shared/data)")
         for key in ("max_train_samples", "max_eval_samples"):

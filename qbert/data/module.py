@@ -15,7 +15,7 @@ from qbert.config import DataConfig, OptimConfig, TaskConfig
 from qbert.data.cache import cached_features, features_key, file_digest, tokenizer_fingerprint
 from qbert.data.features import IGNORE_INDEX, Features, build_features
 from qbert.data.sampling import FixedOrderSampler, LengthGroupedSampler, length_sorted_order, window_lengths
-from qbert.data.sources import load_split, split_file, split_limit, splits_of
+from qbert.data.sources import HOLDOUT, load_split, split_file, split_limit, splits_of
 
 
 @dataclass
@@ -68,6 +68,8 @@ class TaskDataModule(L.LightningDataModule):
             self._tokenizer_digest = tokenizer_fingerprint(self.tokenizer)
         shape = {"name": self.task.name, "kind": self.task.kind, "max_length": self.task.max_length,
                  "doc_stride": self.task.doc_stride if self.task.kind == "question_answering" else None}
+        if self.data.holdout:  # which part of the training file: the held-out examples or the rest
+            shape["holdout"] = [self.data.holdout, split == HOLDOUT]
         key = features_key(shape, self._tokenizer_digest, file_digest(path),
                            split_limit(self.task, self.data, split), train)
         return cached_features(Path(self.data.cache_dir), key, f"{self.task.name}/{split}", build)

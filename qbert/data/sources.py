@@ -6,10 +6,11 @@ gzip-compressed. The committed sample (``qbert/data/sample``) has the same layou
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Callable
 
-from qbert.config import DataConfig, TaskConfig
+from qbert.config import DataConfig, SplitsConfig, TaskConfig
 from qbert.data import readers
 
 SAMPLE_ROOT = Path(__file__).parent / "sample"
@@ -50,8 +51,30 @@ def check_num_labels(task: TaskConfig) -> None:
                          f"set task.num_labels={expected}")
 
 
-def splits_of(task: TaskConfig, data: DataConfig):
-    return task.hub_splits if data.source == "hub" else task.local_splits
+HOLDOUT = "holdout"  # the split data.holdout takes out of the training split
+HOLDOUT_DRAW_SEED = 0  # one draw for every run seed, so rows and seeds are scored on the same examples
+
+
+def splits_of(task: TaskConfig, data: DataConfig) -> SplitsConfig:
+    splits = task.hub_splits if data.source == "hub" else task.local_splits
+    if data.holdout:  # the task's own val/test are not read at all
+        return SplitsConfig(train=splits.train, val=HOLDOUT, test=[HOLDOUT])
+    return splits
+
+
+def holdout_indices(total: int, size: int, split: str) -> set[int]:
+    """Which examples of the training split are held out: a fixed random draw of ``size``."""
+    if size >= total:
+        raise ValueError(f"config key 'data.holdout': {size} held-out examples leave none of the {total} "
+                         f"of the training split {split!r} to train on; take fewer")
+    return set(random.Random(HOLDOUT_DRAW_SEED).sample(range(total), size))
+
+
+def _split_holdout(task: TaskConfig, data: DataConfig, split: str, examples: list) -> list:
+    """The held-out part (split == HOLDOUT) or the rest (the training split), in file order."""
+    held = holdout_indices(len(examples), data.holdout, splits_of(task, data).train)
+    keep = split == HOLDOUT
+    return [e for i, e in enumerate(examples) if (i in held) == keep]
 
 
 def local_file(root: Path, task: str, split: str) -> Path:
@@ -69,20 +92,24 @@ def local_file(root: Path, task: str, split: str) -> Path:
 
 
 def load_split(task: TaskConfig, data: DataConfig, split: str) -> list:
-    """The examples of one split, cut to the configured maximum (first N, file order)."""
+    """The examples of one split, cut to the configured maximum (first N, file order). With
+    ``data.holdout`` the training split loses the held-out examples, which form split ``holdout``."""
     if task.name not in READERS:
         raise ValueError(f"config key 'task.name': no reader for {task.name!r} "
                          f"(known: {sorted(READERS)})")
     check_num_labels(task)
+    source_split = splits_of(task, data).train if split == HOLDOUT else split
     if data.source == "hub":
         from qbert.data.hub import load_hub_split
-        examples = load_hub_split(task.name, split)
+        examples = load_hub_split(task.name, source_split)
     else:
         examples = READERS[task.name](split_file(task, data, split))
     if not examples:  # header only, or SQuAD's "data": []: nothing to train on or to score
-        where = split_file(task, data, split) if data.source != "hub" else f"hub split {task.name}/{split}"
-        raise ValueError(f"{where}: no examples in split {split!r} of {task.name} "
+        where = split_file(task, data, split) if data.source != "hub" else f"hub split {task.name}/{source_split}"
+        raise ValueError(f"{where}: no examples in split {source_split!r} of {task.name} "
                          "(an empty or header-only file?)")
+    if data.holdout and source_split == splits_of(task, data).train:
+        examples = _split_holdout(task, data, split, examples)
     limit = split_limit(task, data, split)
     return examples[:limit] if limit else examples
 
@@ -92,7 +119,7 @@ def split_file(task: TaskConfig, data: DataConfig, split: str) -> Path | None:
     if data.source == "hub":
         return None
     root = SAMPLE_ROOT if data.source == "sample" else Path(data.root).expanduser()
-    return local_file(root, task.name, split)
+    return local_file(root, task.name, splits_of(task, data).train if split == HOLDOUT else split)
 
 
 def split_limit(task: TaskConfig, data: DataConfig, split: str) -> int | None:
@@ -106,6 +133,13 @@ def data_provenance(task: TaskConfig, data: DataConfig) -> dict:
     splits = splits_of(task, data)
     root = {"sample": str(SAMPLE_ROOT), "local": data.root, "hub": None}[data.source]
     note = task.local_protocol_note if data.source != "hub" else ""
-    return {"source": data.source, "root": root, "train": splits.train, "val": splits.val,
-            "test": list(splits.test), "protocol_note": note,
-            "max_train_samples": data.max_train_samples, "max_eval_samples": data.max_eval_samples}
+    if data.holdout:
+        note = (f"recipe selection: trained on the training split less {data.holdout} examples held out of it "
+                f"(one fixed draw), validated and scored on those; the task's own val/test splits are not read"
+                + (f". {note}" if note else ""))
+    found = {"source": data.source, "root": root, "train": splits.train, "val": splits.val,
+             "test": list(splits.test), "protocol_note": note,
+             "max_train_samples": data.max_train_samples, "max_eval_samples": data.max_eval_samples}
+    if data.holdout:  # absent otherwise, so earlier records and reports stay as they were
+        found["holdout"] = data.holdout
+    return found
