@@ -51,15 +51,34 @@ def _finished(table: Table) -> list[TableRow]:
     return [r for r in table.rows if r.mean is not None]
 
 
+VARIANT_STYLES = [{"marker": "o", "linestyle": "-"}, {"marker": "s", "linestyle": "--"},
+                  {"marker": "^", "linestyle": ":"}, {"marker": "D", "linestyle": "-."}]
+
+
+def _series(rows: list[TableRow]) -> list[tuple[str, dict]]:
+    """One plotted series per row name; runs of one method that differ in a setting share the
+    method's colour and get their own marker and line style."""
+    names = list(dict.fromkeys(r.method_shown for r in rows))
+    seen: dict[str, int] = {}
+    series = []
+    for name in names:
+        method = next(r.method for r in rows if r.method_shown == name)
+        index = seen.get(method, 0)
+        seen[method] = index + 1
+        series.append((name, VARIANT_STYLES[index % len(VARIANT_STYLES)]))
+    return series
+
+
 def metric_vs_bits(table: Table, path: Path) -> Path | None:
     rows = [r for r in _finished(table) if r.method != "Baseline"]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in dict.fromkeys(r.method for r in rows):
-        pts = sorted((r for r in rows if r.method == method), key=lambda r: r.mean_w_bits)
+    for name, style in _series(rows):
+        pts = sorted((r for r in rows if r.method_shown == name), key=lambda r: r.mean_w_bits)
         ax.errorbar([r.mean_w_bits for r in pts], [r.mean for r in pts], yerr=[r.std or 0.0 for r in pts],
-                    marker="o", capsize=3, label=method, color=method_colour(method))
+                    marker=style["marker"], linestyle=style["linestyle"], capsize=3, label=name,
+                    color=method_colour(pts[0].method))
     baseline = next((r for r in _finished(table) if r.method == "Baseline"), None)
     if baseline is not None:
         ax.axhline(baseline.mean, color="grey", linestyle="--", label=f"baseline {baseline.mean:.2f}")
@@ -86,10 +105,10 @@ def accuracy_vs_size(table: Table, path: Path) -> Path | None:
     if len(rows) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in dict.fromkeys(r.method for r in rows):
-        pts = [r for r in rows if r.method == method]
-        ax.scatter([r.size_wo_e_mib for r in pts], [r.mean for r in pts], label=method, zorder=3,
-                   color=method_colour(method))
+    for name, style in _series(rows):
+        pts = [r for r in rows if r.method_shown == name]
+        ax.scatter([r.size_wo_e_mib for r in pts], [r.mean for r in pts], label=name, zorder=3,
+                   marker=style["marker"], color=method_colour(pts[0].method))
     front = pareto_front([(r.size_wo_e_mib, r.mean) for r in rows])
     ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", alpha=0.6,
             label="Pareto front", zorder=2)

@@ -45,9 +45,33 @@ class Row:
     path: Optional[str] = None
     family: str = "qbert"  # which paper's table the row belongs to: qbert | q8bert | mkq
     extra: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # flat config ("quant.lr" -> value), seed keys left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def flat_settings(config: dict) -> dict[str, Any]:
+    """The config as dotted keys, without what varies between seeds of one row or changes only
+    where a run writes: what can tell two rows of one method and width apart."""
+    from qbert.report.record import NON_SEMANTIC_KEYS, NON_SEMANTIC_SECTION_KEYS
+
+    skip_top = set(NON_SEMANTIC_KEYS) | set(SEED_KEYS)
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, section: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if not prefix and key in skip_top:
+                    continue
+                if key in (*NON_SEMANTIC_SECTION_KEYS.get(section, ()), *SEED_SECTION_KEYS.get(section, ())):
+                    continue
+                walk(f"{prefix}{key}.", section or key, inner)
+        else:
+            flat[prefix.rstrip(".")] = value
+
+    walk("", "", config)
+    return flat
 
 
 def variant_hash(config: dict) -> str:
@@ -80,6 +104,7 @@ def from_results(results: dict, path: str | None = None) -> Row:
         wall_seconds=(results.get("timing_seconds") or {}).get("wall"),
         path=path,
         family=methods.family(method),
+        settings=flat_settings(config),
     )
 
 
@@ -121,5 +146,5 @@ def from_error(failure: dict, path: str | None = None) -> Row:
         seed=int(failure.get("seed", 0)), config_hash=failure.get("config_hash", "?"), variant=variant_hash(config),
         status=FAILURE_STATES.get(failure.get("status"), "failed"),
         error=f"{failure.get('error_type', 'Error')}: {failure.get('message', '')}",
-        path=path, family=methods.family(method),
+        path=path, family=methods.family(method), settings=flat_settings(config),
     )

@@ -35,6 +35,8 @@ class TableRow:
     config_hashes: list[str] = field(default_factory=list)
     paper: Optional[PaperCell] = None
     delta: Optional[float] = None  # mean minus our baseline's mean
+    settings: dict = field(default_factory=dict)  # its first job's flat config (qbert.report.rows.flat_settings)
+    setting: str = ""  # what tells it from rows of the same method, width and groups, e.g. "quant.lr=1e-05"
 
     @property
     def mean(self) -> Optional[float]:
@@ -48,7 +50,12 @@ class TableRow:
     def label(self) -> str:
         """The row by name: "Q-BERT 4", "Q-BERT MP 2/4" (a mixed row's widths read "2/4 MP" and its
         method already says MP)."""
-        return f"{self.method} {self.w_bits.removesuffix(' MP')}"
+        name = f"{self.method} {self.w_bits.removesuffix(' MP')}"
+        return f"{name} ({self.setting})" if self.setting else name
+
+    @property
+    def method_shown(self) -> str:
+        return f"{self.method} ({self.setting})" if self.setting else self.method
 
     def shown(self) -> str:
         if self.mean is None:
@@ -102,7 +109,7 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
             t = by_variant.setdefault(key, TableRow(
                 method=r.method, w_bits=r.w_bits, mean_w_bits=r.mean_w_bits, e_bits=r.e_bits, a_bits=r.a_bits,
                 groups=r.groups, values=[], seeds=[], size_wo_e_mib=r.size_wo_e_mib, family=r.family,
-                layer_bits=r.layer_bits))
+                layer_bits=r.layer_bits, settings=r.settings))
             if r.status in NO_VALUE_STATES:
                 t.failed.append(f"seed {r.seed}: {r.error}")
                 t.states.add(r.status)
@@ -114,6 +121,7 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
             if r.omega and f"seed {r.seed}" not in omega:
                 omega[f"seed {r.seed}"] = r.omega
         table_rows = sorted(by_variant.values(), key=_sort_key)
+        name_settings(table_rows)
         baseline = next((t.mean for t in table_rows if t.method == "Baseline"), None)
         families = {t.family for t in table_rows if t.method != "Baseline"}
         base_family = "qbert" if "qbert" in families or not families else sorted(families)[0]
@@ -129,6 +137,30 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
     return tables
 
 
+SHOWN_SETTINGS = 4  # at most this many differing keys in a row's name; the CSV has them all
+
+
+def name_settings(rows: list[TableRow]) -> None:
+    """Rows of one method, width and group count that are different runs (another learning rate,
+    step count, range method...) would print alike: name the config keys in which they differ.
+    Every row keeps only those keys in ``settings`` (none, for a row that is alone)."""
+    full = {id(t): t.settings for t in rows}
+    alike: dict[tuple, list[TableRow]] = {}
+    for t in rows:
+        t.settings = {}
+        if t.method != "Baseline":
+            alike.setdefault((t.method, t.w_bits, t.groups), []).append(t)
+    for members in alike.values():
+        if len(members) < 2:
+            continue
+        keys = sorted({k for t in members for k in full[id(t)]})
+        differing = [k for k in keys if len({repr(full[id(t)].get(k)) for t in members}) > 1]
+        for t in members:
+            t.settings = {k: full[id(t)].get(k) for k in differing}
+            parts = [f"{k}={v}" for k, v in t.settings.items()]
+            t.setting = ", ".join(parts[:SHOWN_SETTINGS]) + (", …" if len(parts) > SHOWN_SETTINGS else "")
+
+
 # Row states of jobs that produced no value (qbert.report.rows.from_error).
 NO_VALUE_STATES = ("failed", "killed", "not started")
 
@@ -138,7 +170,7 @@ COLUMNS = ["Method", "w-bits", "e-bits", "a-bits", "groups", "metric", "Δ vs ou
 
 def cells(t: TableRow) -> list:
     """One table row as typed cells (numbers stay numbers; None where there is nothing)."""
-    return [t.method, t.w_bits, t.e_bits, t.a_bits, t.groups, t.mean, t.delta,
+    return [t.method_shown, t.w_bits, t.e_bits, t.a_bits, t.groups, t.mean, t.delta,
             t.paper.value if t.paper else None, _paper_delta(t),
             t.size_wo_e_mib, t.paper.size_mb if t.paper else None, ",".join(map(str, t.seeds))]
 
@@ -168,12 +200,13 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out)
     writer.writerow(["experiment", "task", "model", "metric_name", "method", "w_bits", "e_bits", "a_bits",
                      "groups", "mean", "std", "n", "delta_vs_baseline", "paper", "paper_delta",
-                     "size_wo_e_mib", "paper_size_mb", "seeds", "layer_bits", "failed", "config_hashes"])
+                     "size_wo_e_mib", "paper_size_mb", "seeds", "layer_bits", "failed", "config_hashes", "setting"])
     for t in table.rows:
         writer.writerow([table.experiment, table.task, table.model, table.metric, t.method, t.w_bits,
                          t.e_bits, t.a_bits, t.groups, t.mean, t.std, len(t.values), t.delta,
                          t.paper.value if t.paper else None, _paper_delta(t),
                          t.size_wo_e_mib, t.paper.size_mb if t.paper else None,
                          " ".join(map(str, t.seeds)), "/".join(map(str, t.layer_bits or [])),
-                         " | ".join(t.failed), " ".join(t.config_hashes)])
+                         " | ".join(t.failed), " ".join(t.config_hashes),
+                         "; ".join(f"{k}={v}" for k, v in t.settings.items()) if t.setting else ""])
     return out.getvalue()

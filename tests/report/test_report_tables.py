@@ -352,6 +352,25 @@ def test_an_installed_package_names_the_checkout_it_was_started_in(sweep, tmp_pa
     assert "git `abc` (clean)" in repro  # the other jobs still name their own checkout
 
 
+def test_runs_of_one_method_and_width_that_differ_in_a_setting_are_named_by_it(tmp_path):
+    """A recipe study: Q-BERT 8 at two learning rates must not print as two identical rows."""
+    root = tmp_path / "recipes"
+    start = str(write_job(tmp_path / "start", "none", 90.0, 1, w_bits=32))
+    for name, lr, value in (("a", 3e-5, 88.0), ("b", 1e-5, 89.5)):
+        write_job(root / name, "qbert", value, 1, w_bits=8, init_from=start, extra_quant={"lr": lr},
+                  chash=f"lr{lr}")
+    write_job(root / "w4", "qbert", 87.0, 1, w_bits=4, init_from=start, extra_quant={"lr": 3e-5})
+    (table,) = build_tables(collect_rows([root]), PaperNumbers.load())
+    shown = {t.method_shown: t for t in table.rows}
+    assert {"Q-BERT (quant.lr=3e-05)", "Q-BERT (quant.lr=1e-05)", "Q-BERT", "Baseline"} == set(shown), set(shown)
+    assert shown["Q-BERT (quant.lr=1e-05)"].mean == 89.5 and shown["Q-BERT (quant.lr=1e-05)"].paper.value == 92.88
+    assert shown["Q-BERT"].w_bits == "4"  # alone at its width: no setting in its name
+    assert "| Q-BERT (quant.lr=1e-05) | 8 |" in markdown(table)
+    rows = {r["config_hashes"]: r for r in csv.DictReader(io.StringIO(to_csv(table)))}
+    assert rows["lr1e-05"]["setting"] == "quant.lr=1e-05" and rows["lr3e-05"]["method"] == "Q-BERT"  # its own column
+    report([root], tmp_path / "out")  # the plots take the two runs as two series
+
+
 def test_a_damaged_sweep_plan_costs_only_the_never_started_rows(tmp_path, caplog):
     sweep_dir = _planned_sweep(tmp_path / "sweep", {"qbert_w4": 80.0})
     (sweep_dir / "multirun.yaml").write_bytes(b"\xff\xfe not yaml")
