@@ -516,6 +516,9 @@ class TrainerConfig:
     val_check_interval: Optional[float] = None
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
+    # A training progress line in the log every this many seconds (step, loss, time left). null:
+    # every 60 s when the progress bar is off, none when it is on; 0: never.
+    progress_log_seconds: Optional[float] = None
     eval_checkpoint: str = "last"  # which weights are tested: last (no selection on test) or best
     save_checkpoints: bool = True
     # Validation passes during training: auto = only when something uses them (best-checkpoint
@@ -529,6 +532,8 @@ class TrainerConfig:
         _one_of(self.eval_checkpoint, EVAL_CHECKPOINTS, "trainer.eval_checkpoint")
         _one_of(self.validate, VALIDATE_MODES, "trainer.validate")
         _check(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps", "must be -1 or positive")
+        _check(self.progress_log_seconds is None or self.progress_log_seconds >= 0, "trainer.progress_log_seconds",
+               f"must be >= 0 (0: no progress lines) or null, got {self.progress_log_seconds}")
         if self.eval_checkpoint == "best":
             _check(self.save_checkpoints, "trainer.eval_checkpoint",
                    "best tests the best validation checkpoint, which needs trainer.save_checkpoints=true")
@@ -537,6 +542,12 @@ class TrainerConfig:
         if self.validate == "never":
             for key in ("val_check_interval", "limit_val_batches"):
                 _check(getattr(self, key) is None, f"trainer.{key}", "set, but trainer.validate=never")
+
+    def progress_seconds(self) -> float:
+        """Seconds between training progress lines in the log; 0: none."""
+        if self.progress_log_seconds is not None:
+            return self.progress_log_seconds
+        return 0.0 if self.enable_progress_bar else 60.0
 
     def validates(self, logger: str) -> bool:
         """Whether fit runs validation passes (see ``validate``)."""

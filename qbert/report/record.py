@@ -18,7 +18,8 @@ from qbert.config import hash_neutral_values
 # Keys that change where or how loudly a run happens, not what it computes: top-level keys, and
 # keys inside a section.
 NON_SEMANTIC_KEYS = ("output_dir", "logger", "experiment_name", "sweep", "finetuned_dir")
-NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "log_every_n_steps", "save_checkpoints", "validate"),
+NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "progress_log_seconds", "log_every_n_steps",
+                                         "save_checkpoints", "validate"),
                              "hessian": ("cache_dir",), "data": ("cache_dir",)}
 
 

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from qbert.config import RunConfig
 from qbert.report.widths import widths_from_map
+from qbert.train.progress import LogProgress
 
 
 def wandb_mode(requested: str | None) -> str:
@@ -82,6 +83,8 @@ def build_trainer(run: RunConfig, run_dir: Path, loggers: list[Logger]) -> tuple
             checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=f"val/{run.task.metric}",
                                          mode="max", save_top_k=1, save_last=False, filename="best")
             callbacks.append(checkpoint)
+    if t.progress_seconds() > 0:
+        callbacks.append(LogProgress(t.progress_seconds()))
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
         deterministic=t.deterministic, max_epochs=run.optim.epochs, max_steps=t.max_steps,
