@@ -41,8 +41,11 @@ def widths_from_map(qmap: Optional[Mapping[str, Mapping[str, Any]]]) -> Widths:
             by_layer.setdefault(int(match.group(1)), []).append(int(spec["w_bits"]))
             linears.append(spec)
     layer_bits = [_most_common(by_layer[i]) for i in sorted(by_layer)] or None
-    embedding = next((spec for name, spec in qmap.items() if name.endswith("word_embeddings")), None)
-    e_bits = int(embedding["w_bits"]) if embedding else FLOAT_BITS
+    # e-bits: the word embedding's width; where only another embedding is quantized (the module
+    # study's position-embedding rows), that one's, so the column never says 32 for a quantized table.
+    embeddings = {name: int(spec["w_bits"]) for name, spec in qmap.items() if name.endswith("_embeddings")}
+    word = next((bits for name, bits in embeddings.items() if name.endswith("word_embeddings")), None)
+    e_bits = word if word is not None else min(embeddings.values(), default=FLOAT_BITS)
     if layer_bits:
         mean = sum(layer_bits) / len(layer_bits)
     else:  # only embeddings quantized (a module study): their width

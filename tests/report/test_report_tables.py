@@ -408,3 +408,14 @@ def test_a_row_with_another_group_count_gets_no_paper_number():
     assert paper.cell("qbert", "sst2", "Q-BERT", "4", 12) is None  # the group-count study's row
     assert paper.cell("qbert", "sst2", "DirectQ", "4", 1).value == 85.67
     assert paper.cell("qbert", "sst2", "DirectQ", "4", 128) is None
+
+
+def test_e_bits_name_the_quantized_embedding_of_a_module_study_row():
+    from qbert.report.widths import widths_from_map
+    spec = {"a_bits": 32, "groups": 1}
+    assert widths_from_map({"bert.embeddings.position_embeddings": {"w_bits": 4, **spec}}).e_bits == 4
+    both = {"bert.embeddings.position_embeddings": {"w_bits": 4, **spec},
+            "bert.embeddings.word_embeddings": {"w_bits": 8, **spec}}
+    assert widths_from_map(both).e_bits == 8  # the word embedding's, as the papers' tables print it
+    encoder_only = {"bert.encoder.layer.0.output.dense": {"w_bits": 4, "a_bits": 8, "groups": 128}}
+    assert widths_from_map(encoder_only).e_bits == 32
