@@ -10,6 +10,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
+from qbert.data.sources import HOLDOUT
 from qbert.report.paper import PaperCell, PaperNumbers
 from qbert.report.rows import Row
 
@@ -133,6 +134,11 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
                                      t.groups)
         metric = next((r.metric for r in members if r.metric != "?"), "?")
         note = paper.note(base_family, task) if paper is not None else None
+        if metric.startswith(f"{HOLDOUT}/"):  # a recipe-selection table: the paper scored other data
+            for t in table_rows:
+                t.paper = None
+            note = ("scored on examples held out of the training split (data.holdout): the paper's numbers, "
+                    "on its dev/test splits, do not apply")
         tables.append(Table(experiment, task, model, metric, table_rows, omega, note))
     return tables
 

@@ -419,3 +419,12 @@ def test_e_bits_name_the_quantized_embedding_of_a_module_study_row():
     assert widths_from_map(both).e_bits == 8  # the word embedding's, as the papers' tables print it
     encoder_only = {"bert.encoder.layer.0.output.dense": {"w_bits": 4, "a_bits": 8, "groups": 128}}
     assert widths_from_map(encoder_only).e_bits == 32
+
+
+def test_a_table_scored_on_a_holdout_gets_no_paper_numbers(tmp_path):
+    folder = write_job(tmp_path / "h", "qbert", 94.0, 1, w_bits=8)
+    results = json.loads((folder / "results.json").read_text())
+    results["primary_metric_name"] = "holdout/accuracy"
+    (folder / "results.json").write_text(json.dumps(results))
+    (table,) = build_tables(collect_rows([tmp_path]), PaperNumbers.load())
+    assert all(t.paper is None for t in table.rows) and "held out" in table.note
