@@ -62,6 +62,11 @@ def splits_of(task: TaskConfig, data: DataConfig) -> SplitsConfig:
     return splits
 
 
+def stored_split(task: TaskConfig, data: DataConfig, split: str) -> str:
+    """The split whose file (or hub split) holds ``split``'s examples: the training split for ``holdout``."""
+    return splits_of(task, data).train if split == HOLDOUT else split
+
+
 def holdout_indices(total: int, size: int, split: str) -> set[int]:
     """Which examples of the training split are held out: a fixed random draw of ``size``."""
     if size >= total:
@@ -98,7 +103,7 @@ def load_split(task: TaskConfig, data: DataConfig, split: str) -> list:
         raise ValueError(f"config key 'task.name': no reader for {task.name!r} "
                          f"(known: {sorted(READERS)})")
     check_num_labels(task)
-    source_split = splits_of(task, data).train if split == HOLDOUT else split
+    source_split = stored_split(task, data, split)
     if data.source == "hub":
         from qbert.data.hub import load_hub_split
         examples = load_hub_split(task.name, source_split)
@@ -119,7 +124,7 @@ def split_file(task: TaskConfig, data: DataConfig, split: str) -> Path | None:
     if data.source == "hub":
         return None
     root = SAMPLE_ROOT if data.source == "sample" else Path(data.root).expanduser()
-    return local_file(root, task.name, splits_of(task, data).train if split == HOLDOUT else split)
+    return local_file(root, task.name, stored_split(task, data, split))
 
 
 def split_limit(task: TaskConfig, data: DataConfig, split: str) -> int | None:
