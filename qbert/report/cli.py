@@ -3,7 +3,9 @@ reproducibility report from the ``results.json`` files of one sweep or a whole o
 
 Writes into ``--out`` (default ``<first folder>/report``): ``<experiment>_<task>_<model>.md`` and
 ``.csv`` per table, PNG plots, ``dashboard.html`` (one self-contained file), ``reproducibility.md``
-and ``.html``, and ``summary.json``; prints the tables.
+and ``.html``, ``summary.json``, and ``jobs/``: a copy of every job's results, its overrides and
+each sweep's plan, so a report folder is itself an input (``qbert-report <old report> <new sweep>``
+adds a seed to a committed table after the sweep folders are gone); prints the tables.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from qbert.report.archive import ARCHIVE, archive_jobs
 from qbert.report.collect import collect_rows, find_jobs
 from qbert.report.dashboard import Section, Table as HtmlTable, write_dashboard
 from qbert.report.figures import table_figures
@@ -81,6 +84,7 @@ def report(folders: list[Path], out_dir: Path, paper_path: Path | None = None,
     write_dashboard(out_dir / "dashboard.html", title, sections,
                     subtitle=f"{len(rows)} jobs, {len(tables)} tables; click a column header to sort")
     written += [out_dir / "reproducibility.md", out_dir / "reproducibility.html", out_dir / "dashboard.html"]
+    archived = archive_jobs(rows, folders, out_dir)
     summary = {"folders": [str(f) for f in folders],
                "tables": [{"experiment": t.experiment, "task": t.task, "model": t.model, "metric": t.metric,
                            "rows": [{**{k: v for k, v in asdict(r).items() if k != "paper"},
@@ -89,7 +93,8 @@ def report(folders: list[Path], out_dir: Path, paper_path: Path | None = None,
                           for t in tables],
                "failures": [f for t in tables for f in t.failures],
                "sweeps": [asdict(s) for s in sweeps],
-               "files": [str(p) for p in written]}
+               "files": [str(p) for p in written],
+               "archive": {"folder": str(out_dir / ARCHIVE), "files": len(archived)}}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     return summary | {"markdown": [markdown(t) for t in tables]}
 

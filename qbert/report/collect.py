@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qbert.report.archive import archived_start, is_archived_start
 from qbert.report.planned import sweeps_not_started
 from qbert.report.record import read_json, read_yaml
 from qbert.report.rows import Row, from_error, from_results
@@ -49,6 +50,8 @@ def find_jobs(folders: list[Path]) -> tuple[list[tuple[Path, dict]], list[tuple[
         if not folder.is_dir():
             raise FileNotFoundError(f"no such folder: {folder}")
         for path in sorted(folder.glob("**/results.json")):
+            if is_archived_start(path):
+                continue
             content = _load(path)
             problem = content and results_problem(content)
             if problem:
@@ -110,12 +113,13 @@ def collect_rows(folders: list[Path]) -> list[Row]:
         chash = failure.get("config_hash", str(folder))
         if chash not in done:  # failed once, finished on a re-run: it is finished
             rows.setdefault(chash, from_error(failure, str(folder)))
-    _add_start_baselines(rows, [results for _, results in finished])
+    _add_start_baselines(rows, [results for _, results in finished], folders)
     return list(rows.values())
 
 
-def _add_start_baselines(rows: dict[str, Row], jobs: list[dict]) -> None:
-    """Tables without a baseline job: the full-precision starts of their quantized jobs."""
+def _add_start_baselines(rows: dict[str, Row], jobs: list[dict], folders: list[Path]) -> None:
+    """Tables without a baseline job: the full-precision starts of their quantized jobs (from a
+    report's archive when the start's own folder is gone)."""
     have_baseline = {(r.experiment, r.task, r.seed) for r in rows.values() if r.method == "Baseline"}
     for results in jobs:
         start = (results.get("weights") or {}).get("init_from")
@@ -123,6 +127,8 @@ def _add_start_baselines(rows: dict[str, Row], jobs: list[dict]) -> None:
         if not start or key in have_baseline:
             continue
         path = Path(start) / "results.json"
+        if not path.is_file() and archived_start(Path(start), folders):
+            path = archived_start(Path(start), folders) / "results.json"
         if not path.is_file():
             log.warning("baseline of %s not found: %s", results.get("config", {}).get("output_dir"), path)
             continue

@@ -63,8 +63,9 @@ def _planned_jobs(multirun: dict) -> set[frozenset[str]] | None:
 def find_sweeps(folders: list[Path]) -> list[Sweep]:
     """Every sweep under the folders. Hydra keeps only the last command's ``multirun.yaml`` in a sweep
     folder, so the jobs an earlier command left there are counted apart (their own commands are in the
-    job table) and the sweep's walls cover this command's jobs only."""
-    sweeps = []
+    job table) and the sweep's walls cover this command's jobs only. A sweep found twice (the folder
+    and a report's copy of it, see qbert.report.archive) counts once."""
+    sweeps, seen = [], set()
     for folder in folders:
         for path in sorted(folder.glob("**/multirun.yaml")):
             cfg = read_yaml(path)
@@ -74,10 +75,14 @@ def find_sweeps(folders: list[Path]) -> list[Sweep]:
             task_overrides = ((hydra.get("overrides") or {}).get("task")) or []
             params = ((hydra.get("sweeper") or {}).get("params")) or {}
             planned = _planned_jobs(cfg)
+            job_dirs = [p for p in sorted(path.parent.iterdir())
+                        if p.is_dir() and ((p / "job.json").is_file() or (p / ".hydra").is_dir())]
+            identity = (command_line(task_overrides, multirun=True), tuple(p.name for p in job_dirs))
+            if identity in seen:
+                continue
+            seen.add(identity)
             starts, ends, jobs, other_jobs, job_wall = [], [], 0, 0, 0.0
-            for job_dir in sorted(p for p in path.parent.iterdir() if p.is_dir()):
-                if not ((job_dir / "job.json").is_file() or (job_dir / ".hydra").is_dir()):
-                    continue
+            for job_dir in job_dirs:
                 overrides = frozenset(str(o) for o in _overrides(job_dir))
                 if planned is not None and overrides and overrides not in planned:
                     other_jobs += 1

@@ -428,3 +428,56 @@ def test_a_table_scored_on_a_holdout_gets_no_paper_numbers(tmp_path):
     (folder / "results.json").write_text(json.dumps(results))
     (table,) = build_tables(collect_rows([tmp_path]), PaperNumbers.load())
     assert all(t.paper is None for t in table.rows) and "held out" in table.note
+
+
+def _tables_text(out: Path) -> str:
+    return "\n".join((out / name).read_text() for name in sorted(p.name for p in out.glob("*.md"))
+                     if name != "reproducibility.md")
+
+
+def test_a_report_folder_rebuilds_its_tables_after_the_sweep_and_starts_are_gone(sweep, tmp_path):
+    import shutil
+    first = tmp_path / "first"
+    report([sweep], first)
+    assert (first / "jobs" / "sweep" / "q1" / "results.json").is_file()
+    assert (first / "jobs" / "_starts" / "s1" / "results.json").is_file()  # the baseline's source
+    shutil.rmtree(sweep)
+    shutil.rmtree(tmp_path / "finetuned")
+    again = tmp_path / "again"
+    summary = report([first], again)
+    assert _tables_text(again) == _tables_text(first)  # baselines, failures, seeds: all there
+    assert len(summary["failures"]) == 1
+    # rebuilt from the rebuilt report: the archive keeps its layout instead of nesting
+    report([again], tmp_path / "third")
+    assert (tmp_path / "third" / "jobs" / "sweep" / "q1" / "results.json").is_file()
+    assert not list((tmp_path / "third" / "jobs").glob("*/jobs"))
+
+
+def test_a_later_seed_joins_a_committed_report(tmp_path):
+    """A table reported for seed 1 whose sweep folder is gone; seed 2 run later into a new folder:
+    the report and the new folder together give the mean over both seeds, with both baselines."""
+    import shutil
+    seed1, seed2 = tmp_path / "seed1", tmp_path / "seed2"
+    start1 = str(write_job(tmp_path / "finetuned" / "s1", "none", 84.0, 1, w_bits=32))
+    start2 = str(write_job(tmp_path / "finetuned" / "s2", "none", 86.0, 2, w_bits=32))
+    write_job(seed1 / "q", "qbert", 80.0, 1, w_bits=4, init_from=start1)
+    write_job(seed2 / "q", "qbert", 84.0, 2, w_bits=4, init_from=start2)
+    report([seed1], tmp_path / "committed")
+    shutil.rmtree(seed1)
+    shutil.rmtree(tmp_path / "finetuned" / "s1")
+    table = build_tables(collect_rows([tmp_path / "committed", seed2]))[0]
+    by = {r.method: r for r in table.rows}
+    assert by["Q-BERT"].seeds == [1, 2] and by["Q-BERT"].mean == pytest.approx(82.0)
+    assert by["Baseline"].values == [84.0, 86.0] and by["Q-BERT"].delta == pytest.approx(-3.0)
+
+
+def test_a_report_inside_its_sweep_folder_counts_each_job_and_sweep_once(tmp_path):
+    sweep_dir = _planned_sweep(tmp_path / "sweep", {"qbert_w4": 80.0, "qbert_w3": 79.0})
+    for _ in range(2):  # the default --out, twice: the second run reads the first one's archive too
+        summary = report_main([str(sweep_dir)])
+        assert summary == 0
+    sweeps = find_sweeps([sweep_dir])
+    assert len(sweeps) == 1 and sweeps[0].jobs == 2
+    rows = collect_rows([sweep_dir])
+    assert sorted((r.w_bits, r.status) for r in rows) == [("3", "finished"), ("4", "finished")]
+    assert not list((sweep_dir / "report" / "jobs").glob("**/report"))
