@@ -23,10 +23,10 @@ NON_SEMANTIC_SECTION_KEYS = {"trainer": ("enable_progress_bar", "progress_log_se
                              "hessian": ("cache_dir",), "data": ("cache_dir",)}
 
 
-def config_hash(config: dict, ignore: tuple[str, ...] = (),
-                ignore_in_sections: Mapping[str, tuple[str, ...]] | None = None) -> str:
-    """A short hash of what determines the result (output paths and logging excluded); ``ignore``
-    and ``ignore_in_sections`` leave out more keys (e.g. the seed, to identify a row across seeds).
+def semantic_config(config: dict, ignore: tuple[str, ...] = (),
+                    ignore_in_sections: Mapping[str, tuple[str, ...]] | None = None) -> dict:
+    """What of a config determines the result: output paths and logging left out, and ``ignore``
+    (top-level keys) and ``ignore_in_sections`` (keys inside a section) as well.
 
     A field added to the schema after results existed is left out while it holds its neutral
     value (``qbert.config.added_field``): the hash of earlier work does not change when the
@@ -47,7 +47,13 @@ def config_hash(config: dict, ignore: tuple[str, ...] = (),
                 semantic[section] = holder
             else:
                 semantic = holder
-    blob = json.dumps(semantic, sort_keys=True, default=str).encode()
+    return semantic
+
+
+def config_hash(config: dict, ignore: tuple[str, ...] = (),
+                ignore_in_sections: Mapping[str, tuple[str, ...]] | None = None) -> str:
+    """A short hash of ``semantic_config`` (e.g. without the seed, to identify a row across seeds)."""
+    blob = json.dumps(semantic_config(config, ignore, ignore_in_sections), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -53,24 +53,20 @@ class Row:
 
 def flat_settings(config: dict) -> dict[str, Any]:
     """The config as dotted keys, without what varies between seeds of one row or changes only
-    where a run writes: what can tell two rows of one method and width apart."""
-    from qbert.report.record import NON_SEMANTIC_KEYS, NON_SEMANTIC_SECTION_KEYS
+    where a run writes (the config hash's view of it): what can tell two rows of one method and
+    width apart."""
+    from qbert.report.record import semantic_config
 
-    skip_top = set(NON_SEMANTIC_KEYS) | set(SEED_KEYS)
     flat: dict[str, Any] = {}
 
-    def walk(prefix: str, section: str, value: Any) -> None:
+    def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                if not prefix and key in skip_top:
-                    continue
-                if key in (*NON_SEMANTIC_SECTION_KEYS.get(section, ()), *SEED_SECTION_KEYS.get(section, ())):
-                    continue
-                walk(f"{prefix}{key}.", section or key, inner)
+                walk(f"{prefix}{key}.", inner)
         else:
             flat[prefix.rstrip(".")] = value
 
-    walk("", "", config)
+    walk("", semantic_config(config, SEED_KEYS, SEED_SECTION_KEYS))
     return flat
 
 
