@@ -26,12 +26,13 @@ def native_bf16_features() -> tuple[str, ...]:
         if check is not None:
             if check():
                 found.append(feature)
-        elif feature in _cpuinfo_flags():  # older torch: ask the kernel
+        elif feature in cpu_flags():  # older torch: ask the kernel
             found.append(feature)
     return tuple(found)
 
 
-def _cpuinfo_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as the kernel lists them (empty where /proc/cpuinfo is missing)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):

@@ -1,4 +1,4 @@
-"""``qbert-export RUN_DIR [-o FILE] [--onnx [FILE]] [--backend {onnxruntime,openvino}]``: pack a
+"""``qbert-export RUN_DIR [-o FILE] [--onnx [FILE]] [--backend {onnxruntime,openvino,auto}]``: pack a
 quantized run's model, check it, report its size; optionally write it for an inference runtime.
 
 Reads ``RUN_DIR/model/`` (written by every quantized run), writes the packed safetensors file
@@ -51,6 +51,7 @@ ONNX_TOLERANCE = 1.0
 OPENVINO_TOLERANCE = 1.0
 
 BACKENDS = ("onnxruntime", "openvino")
+AUTO = "auto"
 # experiments/bench_inference.py's rule (our int8 paths within 0.3 points of the loader, fastest
 # by geometric mean over the grid) depends on the CPU. On an AVX2-only EPYC it chose none: every
 # path was 0.35-0.69 points off (results/bench_inference_full_cpu.json); onnxruntime was our fastest
@@ -58,7 +59,7 @@ BACKENDS = ("onnxruntime", "openvino")
 # ops (5.55x; onnxruntime 2.11x: results/bench_inference_amx_cpu.json). No one runtime is best on
 # both, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2 thread; onnxruntime stays the
 # default: our fastest on the AVX2 CPU, within 0.3 points on the AMX one, installed by qbert[onnx].
-# README ("Packed export") sends AMX users to --backend openvino.
+# --backend auto (qbert.export.backend_choice) makes that choice by the CPU.
 DEFAULT_BACKEND = "onnxruntime"
 
 
@@ -72,13 +73,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write a QDQ ONNX graph (default RUN_DIR/model.qbert.onnx) for the "
                              f"default backend ({DEFAULT_BACKEND}), or with --backend openvino the ONNX "
                              "file converted to OpenVINO IR")
-    parser.add_argument("--backend", choices=BACKENDS,
+    parser.add_argument("--backend", choices=(*BACKENDS, AUTO),
                         help="also write the model for this runtime and check its logits there: onnxruntime "
                              "(the QDQ ONNX graph), openvino (that graph as OpenVINO IR beside it, default "
-                             f"RUN_DIR/model.qbert.xml); --onnx alone means {DEFAULT_BACKEND}")
+                             "RUN_DIR/model.qbert.xml), auto (the one measured fastest on a CPU like this: "
+                             f"openvino with AMX, else onnxruntime); --onnx alone means {DEFAULT_BACKEND}")
     args = parser.parse_args(argv)
     backend = args.backend or (DEFAULT_BACKEND if args.onnx is not None else None)
     option = f"--backend {backend}" if args.backend else "--onnx"
+    choice = None
+    if backend == AUTO:  # the CPU decides now; 2-bit weights, known once packed, may still send it to ONNX Runtime
+        from qbert.export.backend_choice import choose_backend
+        from qbert.precision import cpu_flags
+
+        choice = choose_backend(cpu_flags(), has_int2=False)
+        backend = choice[0]
     if backend == "openvino" and args.onnx and Path(args.onnx).suffix in (".xml", ".bin"):
         # the IR is written beside the ONNX file as .xml + .bin: it would overwrite it
         parser.exit(2, f"qbert-export: error: --onnx {args.onnx}: with --backend openvino the ONNX file is "
@@ -102,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # a missing or damaged run folder, an unwritable output: named
         parser.exit(2, f"qbert-export: error: {error}\n")
     rep = size_report(out)
+    if choice is not None:
+        backend, why = _settle_auto(out, backend, choice)
+        if backend is None:
+            parser.exit(2, f"qbert-export: error: --backend auto: {why}; {out} is written\n")
+        rep["backend_choice"] = {"backend": backend, "why": why}
+        print(f"--backend auto: {backend} ({why})")
     if not args.no_verify:
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=g)
@@ -135,6 +150,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def _settle_auto(packed: Path, backend: str, choice: tuple[str, str]) -> tuple[str | None, str]:
+    """The auto choice once the packed model's widths are known: OpenVINO cannot read 2-bit weights.
+    (None, why) when the runtime it falls back to is not installed."""
+    from qbert.export.backend_choice import FALLBACK, choose_backend
+    from qbert.export.loader import load_packed
+    from qbert.export.openvino_runtime import int2_modules
+    from qbert.precision import cpu_flags
+
+    if backend == FALLBACK or not int2_modules(load_packed(packed)):
+        return choice
+    backend, why = choose_backend(cpu_flags(), has_int2=True)
+    try:
+        require_backend(backend)
+    except ImportError as error:
+        return None, f"{why}, and {error}"
+    return backend, why
 
 
 def require_backend(backend: str) -> None:
