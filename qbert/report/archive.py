@@ -24,6 +24,12 @@ def is_report(folder: Path) -> bool:
     return (folder / "summary.json").is_file() and (folder / ARCHIVE).is_dir()
 
 
+def in_archive(path: Path) -> bool:
+    """Whether ``path`` lies inside a report's archive: a copy of a job, never a job a sweep may
+    reuse or resume (its original may have been deleted on purpose, to run it again)."""
+    return any(parent.name == ARCHIVE and is_report(parent.parent) for parent in path.parents)
+
+
 def archived_path(path: Path, folders: list[Path]) -> Path:
     """Where a job or sweep folder goes inside the archive: its path below the input folder it was
     found in, under that folder's name (a report's own archive keeps its layout, so rebuilding a

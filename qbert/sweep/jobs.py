@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from qbert.report.archive import in_archive
 from qbert.report.collect import results_problem
 from qbert.report.record import config_hash, read_json, write_results
 
@@ -44,11 +45,12 @@ def _skip(path: Path, why: str, consequence: str) -> None:
 
 def find_finished(root: Path, chash: str, own: Path | None = None) -> Path | None:
     """The folder of a finished job with this config hash: the job's ``own`` folder first (the
-    same sweep re-run into the same ``hydra.sweep.dir``), else the first by name under ``root``.
-    A damaged results file is skipped, naming it: if it was this job's, the job runs again."""
+    same sweep re-run into the same ``hydra.sweep.dir``), else the first by name under ``root``,
+    copies in a report's ``jobs/`` archive aside. A damaged results file is skipped, naming it: if
+    it was this job's, the job runs again."""
     candidates = [own / RESULTS_FILE] if own is not None else []
     if root.is_dir():
-        candidates += sorted(root.glob(f"**/{RESULTS_FILE}"))
+        candidates += sorted(p for p in root.glob(f"**/{RESULTS_FILE}") if not in_archive(p))
     for path in candidates:
         if not path.is_file():
             continue
@@ -67,6 +69,8 @@ def find_resumable(root: Path, chash: str) -> Path | None:
         return None
     found = []
     for path in root.glob(f"**/{JOB_FILE}"):
+        if in_archive(path):
+            continue
         ckpt = path.parent / LAST_CHECKPOINT
         if not ckpt.is_file() or (path.parent / RESULTS_FILE).is_file():
             continue  # nothing to resume from, or finished

@@ -106,3 +106,30 @@ def test_an_unreadable_checkpoint_is_not_resumed_and_is_named(tmp_path, caplog):
     import torch
     torch.save({"state_dict": {}}, ckpt)  # a readable one is resumed
     assert find_resumable(tmp_path, "abc") == ckpt
+
+
+def test_a_report_archive_under_the_resume_root_is_neither_reused_nor_resumed(tmp_path):
+    """qbert-report copies each job's results and job.json into <report>/jobs/; those copies are
+    not jobs: deleting a job's results.json to run it again must not find the copy instead."""
+    import torch
+
+    results = {"primary_metric_name": "dev/accuracy", "primary_metric": 80.0, "config": {}, "config_hash": "abc",
+               "task": "sst2"}
+    copy = tmp_path / "sweep" / "report" / "jobs" / "sweep" / "0_job"
+    copy.mkdir(parents=True)
+    (copy / "results.json").write_text(json.dumps(results))
+    (tmp_path / "sweep" / "report" / "summary.json").write_text("{}")
+    assert find_finished(tmp_path, "abc") is None
+    job = tmp_path / "sweep" / "0_job"  # the original, killed after its last checkpoint
+    (job / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 3}, job / "checkpoints" / "last.ckpt")
+    (job / "job.json").write_text(json.dumps({"config_hash": "abc", "status": "running"}))
+    (copy / "results.json").unlink()  # an archived copy of a killed job (job.json only)
+    (copy / "job.json").write_text(json.dumps({"config_hash": "abc", "status": "running"}))
+    (copy / "checkpoints").mkdir()
+    torch.save({"global_step": 5}, copy / "checkpoints" / "last.ckpt")
+    assert find_resumable(tmp_path, "abc") == job / "checkpoints" / "last.ckpt"
+    (tmp_path / "sweep" / "report" / "summary.json").unlink()  # not a report: an ordinary folder of jobs
+    assert find_resumable(tmp_path, "abc") == copy / "checkpoints" / "last.ckpt"  # the newer one
+    (copy / "results.json").write_text(json.dumps(results))
+    assert find_finished(tmp_path, "abc") == copy
