@@ -127,8 +127,8 @@ def _add_start_baselines(rows: dict[str, Row], jobs: list[dict], folders: list[P
         if not start or key in have_baseline:
             continue
         path = Path(start) / "results.json"
-        if not path.is_file() and archived_start(Path(start), folders):
-            path = archived_start(Path(start), folders) / "results.json"
+        if not path.is_file() and (copy := archived_start(Path(start), folders)):
+            path = copy / "results.json"
         if not path.is_file():
             log.warning("baseline of %s not found: %s", results.get("config", {}).get("output_dir"), path)
             continue
