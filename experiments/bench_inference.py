@@ -42,6 +42,14 @@ committed sample) of every path timed at minilm's 32 x 128 point, the very objec
 batches of 32 padded to 128 tokens as ``eval_packed.py`` makes them, with each path's agreement
 with the packed loader (the fake-quantized model's predictions) and largest logit difference.
 
+A CPU without AMX (the avx512_vnni + avx512_bf16 EPYC this project targets) can be approximated
+on one with AMX by capping oneDNN's instruction set: ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``.
+PyTorch's oneDNN kernels (bf16 matmuls, PT2E int8) and OpenVINO's honour it; the run records the
+cap (``isa_cap``), the ISA oneDNN reports under it (``onednn_isa``) and each OpenVINO path's
+kernels (a point's ``openvino_matmul_kernels``: ``brgemm_avx512_i8``, not ``..._amx_i8``). ONNX
+Runtime's own kernels (MLAS) read the CPU themselves and may still use AMX; clocks, caches and
+memory stay the Xeon's. fp32 eager (MKL) has no AMX path either way.
+
 ``--threads 1,2``: the whole grid once per thread count (``torch.set_num_threads``; ONNX Runtime's
 intra-op and OpenVINO's inference threads set alike), every point tagged with its count.
 
@@ -61,8 +69,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -332,7 +343,7 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
     if args.packed_eager and (batch, seq) == (32, 128):
         paths["packed_eager"] = loaded
     paths.update(ort_paths)
-    ov_layers = {}
+    ov_layers, ov_kernels = {}, {}
     if ov_models:
         from qbert.export.openvino_runtime import OpenVinoModel
 
@@ -343,6 +354,7 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
                 if compiled is not None:
                     paths[name_] = compiled
                     ov_layers[name_] = compiled.int8_layers()
+                    ov_kernels[name_] = compiled.matmul_kernels()
     for key, fn in list(paths.items()):  # one call first: a path that fails to run is recorded, not timed
         if key.startswith(("ort_", "ov_")) and attempt(failed, key, lambda f=fn: f(**inputs)) is None:
             del paths[key]
@@ -360,6 +372,7 @@ def bench_point(name: str, loaded, fp32, ort_paths: dict, ov_models: dict, batch
         point["speedup_vs_bf16_compiled"] = {k: round(lat["bf16_compiled"] / v, 3) for k, v in lat.items()}
     if ov_layers:
         point["openvino_matmul_precisions"] = ov_layers
+        point["openvino_matmul_kernels"] = ov_kernels
     if failed:
         point["failed"] = failed
     print(f"{name} {batch}x{seq} {threads}t: " + ", ".join(f"{k} {point['latency_ms'][k]:.1f} ms ({point['speedup_vs_fp32_eager'][k]:.2f}x)" for k in lat), flush=True)
@@ -529,9 +542,11 @@ def main() -> None:
     if args.device == "cuda" and (args.onnx or args.openvino):
         parser.error("--onnx / --openvino: CPU paths, not run with --device cuda")
     sst2 = sst2_data(args) if args.device == "cpu" else None
-    result = {"command": "python experiments/bench_inference.py " + " ".join(__import__("sys").argv[1:]),
+    result = {"command": "python experiments/bench_inference.py " + " ".join(sys.argv[1:]),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "threads": args.threads, "torch": torch.__version__,
-              "processor": platform.processor(), "cpu_flags": _cpu_flags(), "models": {}}
+              "processor": platform.processor(), "cpu_flags": _cpu_flags(), "isa_cap": isa_cap(), "models": {}}
+    if args.device == "cpu":
+        result["onednn_isa"] = onednn_isa()
     for package in ("torchao", "onnxruntime", "openvino", "nncf"):
         try:
             result[package] = __import__(package).__version__
@@ -620,6 +635,24 @@ def sst2_data(args) -> dict:
         n = args.accuracy_sentences or len(sentences)
         out["dev"], out["labels"] = batches(tokenizer, sentences[:n], 32, 128), labels[:n]
     return out
+
+
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def isa_cap() -> str | None:
+    """oneDNN's instruction-set cap, when the environment sets one (``VAR=VALUE``), else None."""
+    return next((f"{v}={os.environ[v]}" for v in ISA_CAP_VARIABLES if os.environ.get(v)), None)
+
+
+def onednn_isa() -> str | None:
+    """The instruction set PyTorch's oneDNN dispatches to in this environment, in oneDNN's words
+    (one fp32 convolution, which PyTorch hands to oneDNN on every x86 ISA, in a child process with
+    ``ONEDNN_VERBOSE=1``): the proof that a cap took effect."""
+    code = "import torch; torch.nn.functional.conv2d(torch.ones(2, 16, 32, 32), torch.ones(16, 16, 3, 3))"
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300).stdout
+    return next((line.split("isa:", 1)[1].strip() for line in out.splitlines() if ",isa:" in line), None)
 
 
 def _cpu_flags() -> list[str]:

@@ -118,19 +118,33 @@ class OpenVinoModel:
         self.request.infer(self.feeds(batch))
         return {n: torch.from_numpy(self.request.get_tensor(n).data.copy()) for n in self.outputs}
 
-    def int8_layers(self) -> dict[str, dict[str, int]]:
-        """Matrix-multiply layers of the compiled model by the precision they run in
-        (``{"FullyConnected": {"i8": 12, "f32": 2}, ...}``): how much of the graph is int8."""
-        counts: Counter = Counter()
+    def _matmul_layers(self):
+        """(layer type, runtime precision, kernel) of each matrix-multiply layer of the compiled model."""
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             kind = info["layerType"].astype(str) if "layerType" in info else op.get_type_name()
             if kind in ("FullyConnected", "MatMul", "Convolution"):
-                counts[(kind, info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?")] += 1
+                precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else "?"
+                kernel = info["primitiveType"].astype(str) if "primitiveType" in info else "?"
+                yield kind, precision, kernel
+
+    @staticmethod
+    def _nested(counts: Counter) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        for (kind, precision), n in sorted(counts.items()):
-            out.setdefault(kind, {})[precision] = n
+        for (kind, key), n in sorted(counts.items()):
+            out.setdefault(kind, {})[key] = n
         return out
+
+    def int8_layers(self) -> dict[str, dict[str, int]]:
+        """Matrix-multiply layers of the compiled model by the precision they run in
+        (``{"FullyConnected": {"i8": 12, "f32": 2}, ...}``): how much of the graph is int8."""
+        return self._nested(Counter((kind, precision) for kind, precision, _ in self._matmul_layers()))
+
+    def matmul_kernels(self) -> dict[str, dict[str, int]]:
+        """Matrix-multiply layers by the kernel OpenVINO picked (``{"FullyConnected":
+        {"brgemm_avx512_amx_i8": 36}, ...}``): which instruction set ran them, e.g. whether a run
+        under ``ONEDNN_MAX_CPU_ISA`` (the benchmark's CPU without AMX) really kept AMX out."""
+        return self._nested(Counter((kind, kernel) for kind, _, kernel in self._matmul_layers()))
 
 
 def nncf_quantize(model: Any, calibration: Iterable[dict[str, Tensor]]) -> tuple[Any, dict[str, Any]]:

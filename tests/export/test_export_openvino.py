@@ -71,6 +71,36 @@ def test_openvino_runs_every_quantized_linear_in_int8(openvino, tmp_path):
     assert sum(layers.values()) == quantized + 2  # + the pooler and the classifier, float in Q8BERT
 
 
+def test_the_kernels_name_every_matmul_layer_and_follow_an_isa_cap(openvino, tmp_path):
+    from qbert.export.openvino_runtime import OpenVinoModel
+
+    _, path = exported("q8bert", tmp_path)
+    compiled = OpenVinoModel(path, threads=1)
+    kernels, layers = compiled.matmul_kernels(), compiled.int8_layers()
+    assert {k: sum(v.values()) for k, v in kernels.items()} == {k: sum(v.values()) for k, v in layers.items()}
+    assert "?" not in kernels["FullyConnected"]
+    # the benchmark's CPU without AMX: capped to AVX2, no layer may pick an AVX-512 (or AMX) kernel
+    code = ("import json, sys; from qbert.export.openvino_runtime import OpenVinoModel; "
+            "print(json.dumps(OpenVinoModel(sys.argv[1], threads=1).matmul_kernels()))")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, check=True)
+    capped = json.loads(out.stdout.strip().splitlines()[-1])
+    names = [name for kinds in capped.values() for name in kinds]
+    assert names and not any("avx512" in name or "amx" in name for name in names), names
+
+
+def test_the_benchmark_reports_the_isa_its_onednn_runs(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    from bench_inference import isa_cap, onednn_isa
+
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert isa_cap() == "ONEDNN_MAX_CPU_ISA=AVX2"
+    assert onednn_isa() == "Intel AVX2"  # oneDNN's own name for the capped ISA
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert isa_cap() is None
+
+
 def test_the_thread_count_is_the_one_compiled(openvino, tmp_path):
     from qbert.export.openvino_runtime import OpenVinoModel
 
