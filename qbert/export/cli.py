@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:  # a missing or damaged run folder, an unwritable output: named
         parser.exit(2, f"qbert-export: error: {error}\n")
     rep = size_report(out)
+    loaded = load_packed(out)  # read once: the auto choice, the logits check and the writers share it
     if choice is not None:
-        backend, why = _settle_auto(out, backend, choice)
+        backend, why = _settle_auto(loaded, backend, choice)
         if backend is None:
             parser.exit(2, f"qbert-export: error: --backend auto: {why}; {out} is written\n")
         rep["backend_choice"] = {"backend": backend, "why": why}
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         mask[0, 20:] = 0
         with torch.no_grad():
             ref = model(input_ids=ids, attention_mask=mask).logits
-            got = load_packed(out)(input_ids=ids, attention_mask=mask).logits
+            got = loaded(input_ids=ids, attention_mask=mask).logits
         rep["verify_max_abs_logit_diff"] = float((got - ref).abs().max())
         if not torch.allclose(got, ref, atol=1e-4, rtol=1e-4):
             print(f"qbert-export: the loaded model's logits differ from the fake-quantized model's "
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if backend is not None:
         onnx_path = Path(args.onnx) if args.onnx else folder / "model.qbert.onnx"
         write = write_onnx if backend == "onnxruntime" else write_openvino
-        code = write(out, onnx_path, rep, verify=not args.no_verify)
+        code = write(out, loaded, onnx_path, rep, verify=not args.no_verify)
         if code:
             return code
     print(f"wrote {out}")
@@ -152,15 +153,14 @@ def main(argv: list[str] | None = None) -> int:
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 
 
-def _settle_auto(packed: Path, backend: str, choice: tuple[str, str]) -> tuple[str | None, str]:
+def _settle_auto(loaded: torch.nn.Module, backend: str, choice: tuple[str, str]) -> tuple[str | None, str]:
     """The auto choice once the packed model's widths are known: OpenVINO cannot read 2-bit weights.
     (None, why) when the runtime it falls back to is not installed."""
     from qbert.export.backend_choice import FALLBACK, choose_backend
-    from qbert.export.loader import load_packed
     from qbert.export.openvino_runtime import int2_modules
     from qbert.precision import cpu_flags
 
-    if backend == FALLBACK or not int2_modules(load_packed(packed)):
+    if backend == FALLBACK or not int2_modules(loaded):
         return choice
     backend, why = choose_backend(cpu_flags(), has_int2=True)
     try:
@@ -216,12 +216,10 @@ def _check(runtime: str, model, loaded: torch.nn.Module, rep: dict, tolerance: f
     return 0
 
 
-def write_onnx(packed: Path, path: Path, rep: dict, verify: bool) -> int:
-    """Export the packed file as ONNX; with ``verify`` compare ONNX Runtime with the loader."""
-    from qbert.export.loader import load_packed
+def write_onnx(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool) -> int:
+    """Export ``loaded`` (the packed file, loaded) as ONNX; with ``verify`` compare ONNX Runtime with it."""
     from qbert.export.onnx_runtime import OnnxModel
 
-    loaded = load_packed(packed)
     rep["backend"] = "onnxruntime"
     if not _export_onnx(loaded, path, rep):
         return 2
@@ -233,14 +231,12 @@ def write_onnx(packed: Path, path: Path, rep: dict, verify: bool) -> int:
     return code
 
 
-def write_openvino(packed: Path, path: Path, rep: dict, verify: bool) -> int:
+def write_openvino(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool) -> int:
     """Export the packed file as ONNX at ``path`` and convert it to OpenVINO IR beside it (``.xml``,
     ``.bin``); with ``verify`` compare OpenVINO running the IR with the loader. A model with 2-bit
     weights is refused before anything is written (exit 2): OpenVINO cannot read int2."""
-    from qbert.export.loader import load_packed
     from qbert.export.openvino_runtime import OpenVinoModel, int2_modules, save_ir
 
-    loaded = load_packed(packed)
     rep["backend"] = "openvino"
     low = int2_modules(loaded)
     if low:
