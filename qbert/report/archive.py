@@ -84,8 +84,10 @@ def archive_jobs(rows: list[Row], folders: list[Path], out_dir: Path) -> list[Pa
 
 
 def is_archived_start(path: Path) -> bool:
-    """A start's results inside an archive: read as a baseline for the jobs that name it, not as a job."""
-    return path.parent.parent.name == STARTS and path.parent.parent.parent.name == ARCHIVE
+    """A start's results inside a report's archive: read as a baseline for the jobs that name it, not
+    as a job. Only inside a report (as ``in_archive``): a user's own ``jobs/_starts/...`` folder is jobs."""
+    starts = path.parent.parent
+    return starts.name == STARTS and starts.parent.name == ARCHIVE and is_report(starts.parent.parent)
 
 
 def archived_start(start: Path, folders: list[Path]) -> Path | None:

@@ -481,3 +481,11 @@ def test_a_report_inside_its_sweep_folder_counts_each_job_and_sweep_once(tmp_pat
     rows = collect_rows([sweep_dir])
     assert sorted((r.w_bits, r.status) for r in rows) == [("3", "finished"), ("4", "finished")]
     assert not list((sweep_dir / "report" / "jobs").glob("**/report"))
+
+
+def test_only_a_reports_archive_makes_a_start_a_baseline_instead_of_a_job(tmp_path):
+    # a sweep a user happened to lay out as jobs/_starts/<run>: its results are a job, not skipped
+    own = tmp_path / "mine" / "jobs" / "_starts" / "q"
+    write_job(own, "qbert", 80.0, 1, w_bits=4)
+    rows = collect_rows([tmp_path / "mine"])
+    assert [(r.method, r.w_bits, r.status) for r in rows if r.status == "finished"] == [("Q-BERT", "4", "finished")]
