@@ -56,8 +56,9 @@ AUTO = "auto"
 # by geometric mean over the grid) depends on the CPU. On an AVX2-only EPYC it chose none: every
 # path was 0.35-0.69 points off (results/bench_inference_full_cpu.json); onnxruntime was our fastest
 # there (1.22x; PT2E 1.18x, OpenVINO 0.73x). On a Xeon with AMX it chose openvino with bf16 float
-# ops (5.55x; onnxruntime 2.11x: results/bench_inference_amx_cpu.json). No one runtime is best on
-# both, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2 thread; onnxruntime stays the
+# ops (5.55x; onnxruntime 2.11x: results/bench_inference_amx_cpu.json), and on that Xeon with oneDNN
+# capped below AMX openvino again among the exportable runtimes (2.38x; onnxruntime 1.53x). No one
+# runtime is best on every CPU, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2 thread; onnxruntime stays the
 # default: our fastest on the AVX2 CPU, within 0.3 points on the AMX one, installed by qbert[onnx].
 # --backend auto (qbert.export.backend_choice) makes that choice by the CPU.
 DEFAULT_BACKEND = "onnxruntime"
@@ -77,16 +78,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the model for this runtime and check its logits there: onnxruntime "
                              "(the QDQ ONNX graph), openvino (that graph as OpenVINO IR beside it, default "
                              "RUN_DIR/model.qbert.xml), auto (the one measured fastest on a CPU like this: "
-                             f"openvino with AMX, else onnxruntime); --onnx alone means {DEFAULT_BACKEND}")
+                             f"openvino with AVX-512 VNNI, with or without AMX, else onnxruntime); --onnx alone means {DEFAULT_BACKEND}")
     args = parser.parse_args(argv)
     backend = args.backend or (DEFAULT_BACKEND if args.onnx is not None else None)
     option = f"--backend {backend}" if args.backend else "--onnx"
     choice = None
     if backend == AUTO:  # the CPU decides now; 2-bit weights, known once packed, may still send it to ONNX Runtime
-        from qbert.export.backend_choice import choose_backend
+        from qbert.export.backend_choice import choose_backend, effective_flags
         from qbert.precision import cpu_flags
 
-        choice = choose_backend(cpu_flags(), has_int2=False)
+        choice = choose_backend(effective_flags(cpu_flags()), has_int2=False)
         backend = choice[0]
     if backend == "openvino" and args.onnx and Path(args.onnx).suffix in (".xml", ".bin"):
         # the IR is written beside the ONNX file as .xml + .bin: it would overwrite it
@@ -156,13 +157,13 @@ RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
 def _settle_auto(loaded: torch.nn.Module, backend: str, choice: tuple[str, str]) -> tuple[str | None, str]:
     """The auto choice once the packed model's widths are known: OpenVINO cannot read 2-bit weights.
     (None, why) when the runtime it falls back to is not installed."""
-    from qbert.export.backend_choice import FALLBACK, choose_backend
+    from qbert.export.backend_choice import FALLBACK, choose_backend, effective_flags
     from qbert.export.openvino_runtime import int2_modules
     from qbert.precision import cpu_flags
 
     if backend == FALLBACK or not int2_modules(loaded):
         return choice
-    backend, why = choose_backend(cpu_flags(), has_int2=True)
+    backend, why = choose_backend(effective_flags(cpu_flags()), has_int2=True)
     try:
         require_backend(backend)
     except ImportError as error:
