@@ -7,7 +7,7 @@ same seed), so seeds run on different starts, or on different machines, are comp
 drops. It reads only ``summary.json``, so it also combines reports made before reports carried
 their job archive (``jobs/``), whose sweep folders are gone: ``qbert-report <old> <new>`` cannot
 merge those, this can. A row is one method at one width, group count and embedding / activation
-width (as the report names it); a seed found in two reports with different values, or a seed
+width, and the setting a report tells rows apart by (as the report names it); a seed found in two reports with different values, or a seed
 whose start is in none of them, is an error naming the reports.
 """
 
@@ -29,12 +29,13 @@ class SeedRow:
     method: str
     w_bits: str
     groups: int | None
+    setting: str
     paper_delta: float | None = None
     values: dict[int, tuple[float, str]] = field(default_factory=dict)
 
 
 def _row_key(row: dict) -> tuple:
-    return row["method"], str(row["w_bits"]), row.get("e_bits"), row.get("a_bits"), row.get("groups")
+    return row["method"], str(row["w_bits"]), row.get("e_bits"), row.get("a_bits"), row.get("groups"), row.get("setting") or ""
 
 
 def _paper_delta(row: dict) -> float | None:
@@ -53,7 +54,10 @@ def labels(rows: dict[tuple, SeedRow]) -> dict[tuple, str]:
     out = {}
     for key, row in rows.items():
         label = BASELINE if row.method == BASELINE else f"{row.method} {row.w_bits.replace(' MP', '')}"
-        out[key] = f"{label}, {row.groups} group{'s' if row.groups != 1 else ''}" if kinds[(row.method, row.w_bits)] > 1 and row.groups else label
+        if kinds[(row.method, row.w_bits)] > 1 and row.groups and len({r.groups for r in rows.values()
+                                                                       if (r.method, r.w_bits) == (row.method, row.w_bits)}) > 1:
+            label = f"{label}, {row.groups} group{'s' if row.groups != 1 else ''}"
+        out[key] = f"{label} ({row.setting})" if row.setting else label
     return out
 
 
@@ -68,7 +72,7 @@ def collect(reports: list[Path]) -> dict[tuple[str, str, str], dict[tuple, SeedR
             rows = tables.setdefault((table["task"], table["model"], table["metric"]), {})
             for row in table["rows"]:  # planned rows too: they hold the report's row order
                 entry = rows.setdefault(_row_key(row), SeedRow(row["method"], str(row["w_bits"]), row.get("groups"),
-                                                               _paper_delta(row)))
+                                                               row.get("setting") or "", _paper_delta(row)))
                 for seed, value in zip(row["seeds"], row["values"]):
                     known = entry.values.get(seed)
                     if known and abs(known[0] - value) > 1e-9:

@@ -13,9 +13,10 @@ from qbert.report.seed_table import collect, deltas, main, markdown
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def row(method: str, w_bits: str, seeds: list[int], values: list[float], groups: int | None = 128, paper=None) -> dict:
+def row(method: str, w_bits: str, seeds: list[int], values: list[float], groups: int | None = 128, paper=None,
+        setting: str = "") -> dict:
     return {"method": method, "w_bits": w_bits, "e_bits": 8, "a_bits": 8, "groups": groups, "seeds": seeds,
-            "values": values, "paper": paper}
+            "values": values, "paper": paper, "setting": setting}
 
 
 def write_report(folder: Path, rows: list[dict]) -> Path:
@@ -34,11 +35,19 @@ def test_each_seed_is_measured_against_its_own_start(tmp_path):
     tables = collect([first, second])
     rows = tables[("sst2", "minilm", "dev/accuracy")]
     d = deltas(rows)
-    assert d[("Q-BERT", "4", 8, 8, 128)] == pytest.approx({1: -1.0, 2: -3.0})
+    assert d[("Q-BERT", "4", 8, 8, 128, "")] == pytest.approx({1: -1.0, 2: -3.0})
     text = markdown(tables)
     assert "| Q-BERT 4 | 89.00 (−1.00) | 85.00 (−3.00) | −2.00 | 1.41 | 2 | −0.34 |" in text
     assert "| DirectQ 4 |  | 80.00 (−8.00) | −8.00 |  | 1 |  |" in text
     assert text.index("Q-BERT 4") < text.index("DirectQ 4")  # the first report's order, planned rows included
+
+
+def test_rows_a_report_tells_apart_by_a_setting_stay_apart(tmp_path):
+    report = write_report(tmp_path / "r", [row("Baseline", "32", [1], [94.0], None),
+                                           row("Q-BERT", "8", [1], [93.5], setting="quant.lr=3e-05"),
+                                           row("Q-BERT", "8", [1], [93.0], setting="quant.lr=1e-05")])
+    text = markdown(collect([report]))
+    assert "| Q-BERT 8 (quant.lr=3e-05) | 93.50 (−0.50) |" in text and "| Q-BERT 8 (quant.lr=1e-05) | 93.00 (−1.00) |" in text
 
 
 def test_one_seed_with_two_values_or_without_a_start_is_refused(tmp_path, capsys):
