@@ -58,8 +58,9 @@ AUTO = "auto"
 # there (1.22x; PT2E 1.18x, OpenVINO 0.73x). On a Xeon with AMX it chose openvino with bf16 float
 # ops (5.55x; onnxruntime 2.11x: results/bench_inference_amx_cpu.json), and on that Xeon with oneDNN
 # capped below AMX openvino again among the exportable runtimes (2.38x; onnxruntime 1.53x). No one
-# runtime is best on every CPU, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2 thread; onnxruntime stays the
-# default: our fastest on the AVX2 CPU, within 0.3 points on the AMX one, installed by qbert[onnx].
+# runtime is best on every CPU, and OpenVINO on our graph ran at 0.53-0.67x fp32 on one AVX2
+# thread; onnxruntime stays the default: our fastest on the AVX2 CPU, within 0.3 points on the
+# AMX one, installed by qbert[onnx].
 # --backend auto (qbert.export.backend_choice) makes that choice by the CPU.
 DEFAULT_BACKEND = "onnxruntime"
 

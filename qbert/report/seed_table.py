@@ -6,9 +6,10 @@ Each seed's Δ is against that seed's own full-precision start (the Baseline row
 same seed), so seeds run on different starts, or on different machines, are compared by their
 drops. It reads only ``summary.json``, so it also combines reports made before reports carried
 their job archive (``jobs/``), whose sweep folders are gone: ``qbert-report <old> <new>`` cannot
-merge those, this can. A row is one method at one width, group count and embedding / activation
-width, and the setting a report tells rows apart by (as the report names it); a seed found in two reports with different values, or a seed
-whose start is in none of them, is an error naming the reports.
+merge those, this can. A row is one method at one width, group count, embedding / activation
+width and the setting a report tells rows apart by (as the report names them); a seed found in
+two reports with different values, or a seed whose start is in none of them, is an error naming
+the reports.
 """
 
 from __future__ import annotations
