@@ -35,7 +35,7 @@ class TableRow:
     layer_bits: Optional[list[int]] = None
     config_hashes: list[str] = field(default_factory=list)
     paper: Optional[PaperCell] = None
-    delta: Optional[float] = None  # mean minus our baseline's mean
+    delta: Optional[float] = None  # mean minus our baseline's mean over the same seeds
     settings: dict = field(default_factory=dict)  # its first job's flat config (qbert.report.rows.flat_settings)
     setting: str = ""  # what tells it from rows of the same method, width and groups, e.g. "quant.lr=1e-05"
 
@@ -123,12 +123,16 @@ def build_tables(rows: list[Row], paper: PaperNumbers | None = None) -> list[Tab
                 omega[f"seed {r.seed}"] = r.omega
         table_rows = sorted(by_variant.values(), key=_sort_key)
         name_settings(table_rows)
-        baseline = next((t.mean for t in table_rows if t.method == "Baseline"), None)
+        base = next((t for t in table_rows if t.method == "Baseline"), None)
+        base_by_seed = dict(zip(base.seeds, base.values)) if base else {}
         families = {t.family for t in table_rows if t.method != "Baseline"}
         base_family = "qbert" if "qbert" in families or not families else sorted(families)[0]
         for t in table_rows:
-            if t.mean is not None and baseline is not None and t.method != "Baseline":
-                t.delta = t.mean - baseline
+            if t.mean is not None and base is not None and base.mean is not None and t.method != "Baseline":
+                # against the starts of the row's own seeds: a row run on fewer seeds than the
+                # baseline is not measured against a start it never had
+                same = [base_by_seed[s] for s in t.seeds if s in base_by_seed]
+                t.delta = t.mean - (statistics.fmean(same) if len(same) == len(t.seeds) else base.mean)
             if paper is not None:
                 t.paper = paper.cell(base_family if t.method == "Baseline" else t.family, task, t.method, t.w_bits,
                                      t.groups)

@@ -489,3 +489,15 @@ def test_only_a_reports_archive_makes_a_start_a_baseline_instead_of_a_job(tmp_pa
     write_job(own, "qbert", 80.0, 1, w_bits=4)
     rows = collect_rows([tmp_path / "mine"])
     assert [(r.method, r.w_bits, r.status) for r in rows if r.status == "finished"] == [("Q-BERT", "4", "finished")]
+
+
+def test_a_row_on_fewer_seeds_is_measured_against_its_own_seeds_starts(tmp_path):
+    start1 = str(write_job(tmp_path / "finetuned" / "s1", "none", 84.0, 1, w_bits=32))
+    start2 = str(write_job(tmp_path / "finetuned" / "s2", "none", 86.0, 2, w_bits=32))
+    write_job(tmp_path / "sweep" / "a1", "qbert", 83.0, 1, w_bits=4, init_from=start1)
+    write_job(tmp_path / "sweep" / "a2", "qbert", 83.0, 2, w_bits=4, init_from=start2)
+    write_job(tmp_path / "sweep" / "b1", "qbert", 80.0, 1, w_bits=2, init_from=start1)  # seed 1 only
+    table = build_tables(collect_rows([tmp_path / "sweep"]))[0]
+    by = {r.w_bits: r for r in table.rows}
+    assert by["4"].delta == pytest.approx(-2.0)  # 83 against the mean start 85
+    assert by["2"].delta == pytest.approx(-4.0)  # 80 against seed 1's start 84, not the mean 85
