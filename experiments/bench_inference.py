@@ -637,12 +637,12 @@ def sst2_data(args) -> dict:
     return out
 
 
-ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-
-
 def isa_cap() -> str | None:
     """oneDNN's instruction-set cap, when the environment sets one (``VAR=VALUE``), else None."""
-    return next((f"{v}={os.environ[v]}" for v in ISA_CAP_VARIABLES if os.environ.get(v)), None)
+    from qbert.export.backend_choice import isa_cap as read_cap
+
+    cap = read_cap()
+    return f"{cap[0]}={cap[1]}" if cap else None
 
 
 def onednn_isa() -> str | None:

@@ -39,10 +39,18 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
+
+
+def isa_cap(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """(variable, value) of oneDNN's instruction-set cap in the environment, or None."""
+    return next(((v, environ[v]) for v in ISA_CAP_VARIABLES if environ.get(v)), None)
+
+
 def effective_flags(cpu_flags: set[str], environ: Mapping[str, str] = os.environ) -> set[str]:
     """``cpu_flags`` less what a oneDNN ISA cap in the environment excludes (unknown caps: none,
     as oneDNN ignores them)."""
-    cap = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    cap = (isa_cap(environ) or ("", ""))[1].upper()
     if cap not in ONEDNN_ISA_ORDER:
         return set(cpu_flags)
     level = ONEDNN_ISA_ORDER.index(cap)

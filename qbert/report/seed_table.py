@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qbert.report.tables import row_label
+
 BASELINE = "Baseline"
 
 
@@ -54,9 +56,12 @@ def labels(rows: dict[tuple, SeedRow]) -> dict[tuple, str]:
         kinds[(row.method, row.w_bits)] = kinds.get((row.method, row.w_bits), 0) + 1
     out = {}
     for key, row in rows.items():
-        label = BASELINE if row.method == BASELINE else f"{row.method} {row.w_bits.replace(' MP', '')}"
-        if kinds[(row.method, row.w_bits)] > 1 and row.groups and len({r.groups for r in rows.values()
-                                                                       if (r.method, r.w_bits) == (row.method, row.w_bits)}) > 1:
+        if row.method == BASELINE:
+            out[key] = BASELINE
+            continue
+        label = row_label(row.method, row.w_bits)
+        if kinds[(row.method, row.w_bits)] > 1 and row.groups and len(
+                {r.groups for r in rows.values() if (r.method, r.w_bits) == (row.method, row.w_bits)}) > 1:
             label = f"{label}, {row.groups} group{'s' if row.groups != 1 else ''}"
         out[key] = f"{label} ({row.setting})" if row.setting else label
     return out

@@ -18,6 +18,13 @@ from qbert.report.rows import Row
 METHOD_ORDER = ("Baseline", "Q8BERT", "Dynamic PTQ", "DirectQ", "Q-BERT", "Q-BERT MP", "MKQ-BERT")
 
 
+def row_label(method: str, w_bits: str, setting: str = "") -> str:
+    """A row by name: "Q-BERT 4", "Q-BERT MP 2/4" (a mixed row's widths read "2/4 MP" and its
+    method already says MP), with the setting that tells it apart in parentheses."""
+    name = f"{method} {w_bits.removesuffix(' MP')}"
+    return f"{name} ({setting})" if setting else name
+
+
 @dataclass
 class TableRow:
     method: str
@@ -49,10 +56,7 @@ class TableRow:
 
     @property
     def label(self) -> str:
-        """The row by name: "Q-BERT 4", "Q-BERT MP 2/4" (a mixed row's widths read "2/4 MP" and its
-        method already says MP)."""
-        name = f"{self.method} {self.w_bits.removesuffix(' MP')}"
-        return f"{name} ({self.setting})" if self.setting else name
+        return row_label(self.method, self.w_bits, self.setting)
 
     @property
     def method_shown(self) -> str:
