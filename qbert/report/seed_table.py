@@ -51,17 +51,16 @@ def _paper_delta(row: dict) -> float | None:
 def labels(rows: dict[tuple, SeedRow]) -> dict[tuple, str]:
     """"Q-BERT 4", "Q-BERT MP 2/3"; with ", 128 groups" where one method and width come in several
     group counts (MKQ's two weight granularities, the group-count study)."""
-    kinds: dict[tuple[str, str], int] = {}
+    group_counts: dict[tuple[str, str], set] = {}
     for row in rows.values():
-        kinds[(row.method, row.w_bits)] = kinds.get((row.method, row.w_bits), 0) + 1
+        group_counts.setdefault((row.method, row.w_bits), set()).add(row.groups)
     out = {}
     for key, row in rows.items():
         if row.method == BASELINE:
             out[key] = BASELINE
             continue
         label = row_label(row.method, row.w_bits)
-        if kinds[(row.method, row.w_bits)] > 1 and row.groups and len(
-                {r.groups for r in rows.values() if (r.method, r.w_bits) == (row.method, row.w_bits)}) > 1:
+        if row.groups and len(group_counts[(row.method, row.w_bits)]) > 1:
             label = f"{label}, {row.groups} group{'s' if row.groups != 1 else ''}"
         out[key] = f"{label} ({row.setting})" if row.setting else label
     return out
