@@ -20,6 +20,10 @@ batch x sequence point, in the same process and interleaved round by round:
 * ``ov_fp32`` (``--openvino``): the fp32 graph in OpenVINO, its own baseline;
 * ``ov_nncf`` (``--openvino``): the peer: NNCF's post-training int8 quantization of that fp32
   graph (transformer model type, MIXED preset; ``qbert.export.openvino_runtime``).
+* ``ort_qdq_attn`` / ``ov_qdq_attn`` (``--attention-int8`` with ``--onnx`` / ``--openvino``): our
+  QDQ export with the attention matmuls' operands in int8 too (``qbert-export --attention-int8``:
+  post-training ranges from the calibration sentences, batches of 32 padded to 128 tokens), what
+  NNCF quantizes and our QAT models leave float.
 
 ``--bf16`` (a CPU with native bf16: avx512_bf16 or AMX; refused elsewhere, where bf16 is emulated):
 the same paths with their float ops in bf16, because on such a CPU bf16 is the float baseline a
@@ -54,8 +58,8 @@ memory stay the Xeon's. fp32 eager (MKL) has no AMX path either way.
 intra-op and OpenVINO's inference threads set alike), every point tagged with its count.
 
 ``backend_choice`` (minilm, CPU): the default runtime of ``qbert-export --backend``, by a rule
-fixed before any number: among our model's int8 paths (``ort_qdq``, ``ov_qdq``, ``int8_pt2e``)
-within 0.3 points of the loader's dev accuracy, the highest geometric-mean speedup over every
+fixed before any number: among our model's int8 paths (``ort_qdq``, ``ov_qdq``, ``int8_pt2e``, their
+bf16 forms, and with ``--attention-int8`` ``ort_qdq_attn``, ``ov_qdq_attn``, ``ov_qdq_attn_bf16``) within 0.3 points of the loader's dev accuracy, the highest geometric-mean speedup over every
 point of the run.
 
 Ratios are ``fp32_eager`` latency / path latency from the same run. Pin to one core::
@@ -173,6 +177,15 @@ def qdq_onnx(loaded, folder: Path) -> Path:
     return path if path.exists() else export_onnx(loaded, path)
 
 
+def qdq_attn_onnx(loaded, folder: Path, calibration: list[dict[str, torch.Tensor]]) -> Path:
+    """Our QDQ export with the attention matmuls in int8 too (``qbert-export --attention-int8``),
+    calibrated on the peers' calibration batches."""
+    from qbert.export.onnx_export import export_onnx
+
+    path = folder / "qdq_attn.onnx"
+    return path if path.exists() else export_onnx(loaded, path, calibration)
+
+
 def ort_static(float_path: Path, calibration: list[dict[str, torch.Tensor]], folder: Path) -> Path:
     """ONNX Runtime's own static int8 quantization of the fp32 graph, calibrated on ``calibration``:
     the quantized graph's file."""
@@ -219,19 +232,26 @@ def model_builds(loaded, fp32, folder: Path, calibration: list[dict[str, torch.T
     ort_files, ov_models, setup, errors, nncf_settings = {}, {}, {}, {}, {}
     qdq = attempt(errors, "qdq_onnx_export", lambda: qdq_onnx(loaded, folder), setup)
     flt = attempt(errors, "fp32_onnx_export", lambda: fp32_onnx(fp32, folder), setup)
+    attn = None
+    if args.attention_int8:
+        attn = attempt(errors, "qdq_attn_onnx_export", lambda: qdq_attn_onnx(loaded, folder, calibration), setup)
+    sources = {"ort_qdq": "qdq_onnx_export", "ov_qdq": "qdq_onnx_export", "ort_qdq_attn": "qdq_attn_onnx_export",
+               "ov_qdq_attn": "qdq_attn_onnx_export"}
     if args.onnx:
-        for key, src, make in (("ort_qdq", qdq, lambda: qdq), ("ort_static", flt, lambda: ort_static(flt, calibration, folder))):
+        for key, src, make in (("ort_qdq", qdq, lambda: qdq), ("ort_static", flt, lambda: ort_static(flt, calibration, folder)),
+                               *((("ort_qdq_attn", attn, lambda: attn),) if args.attention_int8 else ())):
             if src is None:
-                errors[key] = f"no ONNX graph: {errors['qdq_onnx_export' if key == 'ort_qdq' else 'fp32_onnx_export']}"
+                errors[key] = f"no ONNX graph: {errors[sources.get(key, 'fp32_onnx_export')]}"
             elif (built := attempt(errors, key, make, setup)) is not None:
                 ort_files[key] = built
     if args.openvino:
         from qbert.export.openvino_runtime import nncf_quantize, read_model
 
         for key, src, make in (("ov_qdq", qdq, lambda: read_model(qdq)), ("ov_fp32", flt, lambda: read_model(flt)),
-                               ("ov_nncf", flt, lambda: nncf_quantize(read_model(flt), calibration))):
+                               ("ov_nncf", flt, lambda: nncf_quantize(read_model(flt), calibration)),
+                               *((("ov_qdq_attn", attn, lambda: read_model(attn)),) if args.attention_int8 else ())):
             if src is None:
-                errors[key] = f"no ONNX graph: {errors['qdq_onnx_export' if key == 'ov_qdq' else 'fp32_onnx_export']}"
+                errors[key] = f"no ONNX graph: {errors[sources.get(key, 'fp32_onnx_export')]}"
             elif (built := attempt(errors, key, make, setup)) is not None:
                 ov_models[key] = built
         if "ov_nncf" in ov_models:
@@ -496,6 +516,9 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime: our QDQ export and quantize_static")
     parser.add_argument("--openvino", action="store_true",
                         help="also OpenVINO: our QDQ export, the fp32 graph, NNCF's PTQ of it (pip install 'qbert[openvino]')")
+    parser.add_argument("--attention-int8", action="store_true",
+                        help="also our QDQ export with the attention matmuls in int8 (qbert-export --attention-int8, "
+                             "calibrated on the calibration sentences): ort_qdq_attn with --onnx, ov_qdq_attn with --openvino")
     parser.add_argument("--bf16", action="store_true",
                         help="also every path with its float ops in bf16 (a CPU with native bf16 only)")
     parser.add_argument("--accuracy", action="store_true",
@@ -535,6 +558,8 @@ def main() -> None:
     if args.bf16 and (args.device != "cpu" or not native_bf16_features()):
         parser.error("--bf16: needs --device cpu on a CPU with native bf16 (avx512_bf16 or AMX); "
                      "this one would emulate bf16, so its timings would not be bf16's")
+    if args.attention_int8 and not (args.onnx or args.openvino):
+        parser.error("--attention-int8: its paths run in ONNX Runtime (--onnx) or OpenVINO (--openvino)")
     if args.calibration_sentences < 1:
         parser.error("--calibration-sentences must be at least 1")
     if args.accuracy_sentences is not None and not (args.accuracy and args.accuracy_sentences >= 1):
@@ -583,7 +608,9 @@ def main() -> None:
 # our model's int8 paths and the runtime qbert-export names for each; the peers (ort_static,
 # ov_nncf) quantize the float graph themselves, so they are compared with, never chosen
 OUR_INT8_PATHS = {"ort_qdq": "onnxruntime", "ov_qdq": "openvino", "int8_pt2e": "pt2e",
-                  "ov_qdq_bf16": "openvino", "int8_pt2e_bf16": "pt2e"}
+                  "ov_qdq_bf16": "openvino", "int8_pt2e_bf16": "pt2e",
+                  "ort_qdq_attn": "onnxruntime --attention-int8", "ov_qdq_attn": "openvino --attention-int8",
+                  "ov_qdq_attn_bf16": "openvino --attention-int8"}
 ACCURACY_POINTS = 0.3  # the issue's bound: within 0.3 points of the fake-quantized model
 
 

@@ -1,4 +1,4 @@
-"""``qbert-export RUN_DIR [-o FILE] [--onnx [FILE]] [--backend {onnxruntime,openvino,auto}]``: pack a
+"""``qbert-export RUN_DIR [-o FILE] [--onnx [FILE]] [--backend {onnxruntime,openvino,auto}] [--attention-int8 [N]]``: pack a
 quantized run's model, check it, report its size; optionally write it for an inference runtime.
 
 Reads ``RUN_DIR/model/`` (written by every quantized run), writes the packed safetensors file
@@ -15,6 +15,11 @@ for a runtime and checks that runtime's logits against the loader's on one examp
   (default ``RUN_DIR/model.qbert.xml`` + ``.bin``), run in OpenVINO (at most
   ``OPENVINO_TOLERANCE`` apart). OpenVINO cannot read 2-bit weights: such a model is refused
   (exit 2) after the packed file is written.
+
+``--attention-int8 [N]`` also quantizes the attention matmuls' operands in that ONNX graph
+(``qbert.export.attention_int8``), calibrated on the run's first N training examples
+(``qbert.export.calibration``); the report records the calibration and every operand's range
+under ``attention_int8``.
 
 A missing runtime package stops the command before any work (exit 2, naming the extra). The
 report records ``backend``, the files written for it (``backend_files``: path -> bytes) and
@@ -50,7 +55,16 @@ ONNX_TOLERANCE = 1.0
 # broken conversion; exactness is tested on tiny models (1e-4).
 OPENVINO_TOLERANCE = 1.0
 
+# --attention-int8 quantizes what the loader computes in float (post-training), so the runtime
+# departs from the loader by that too. The Q8BERT QAT MiniLM (SST-2, seed 2), calibrated on 128
+# training sentences, max |logit diff| on the first calibration batch: ONNX Runtime 0.72,
+# OpenVINO 0.75 (on the random batch 0.98 / 0.86: random ids fall outside the calibrated
+# ranges). Again a guard against a broken graph; its accuracy is measured on the dev set
+# (experiments/bench_inference.py --attention-int8).
+ATTENTION_INT8_TOLERANCE = 2.0
+
 BACKENDS = ("onnxruntime", "openvino")
+CALIBRATION_EXAMPLES = 128  # --attention-int8's default: the benchmark's calibration size
 AUTO = "auto"
 # experiments/bench_inference.py's rule (our int8 paths within 0.3 points of the loader, fastest
 # by geometric mean over the grid) depends on the CPU. On an AVX2-only EPYC it chose none: every
@@ -80,9 +94,21 @@ def main(argv: list[str] | None = None) -> int:
                              "(the QDQ ONNX graph), openvino (that graph as OpenVINO IR beside it, default "
                              "RUN_DIR/model.qbert.xml), auto (the one measured fastest on a CPU like this: "
                              f"openvino with AVX-512 VNNI, with or without AMX, else onnxruntime); --onnx alone means {DEFAULT_BACKEND}")
+    parser.add_argument("--attention-int8", nargs="?", type=int, const=CALIBRATION_EXAMPLES, metavar="N",
+                        help="also quantize the attention matmuls' operands (Q, K, V, softmax) to int8 in the "
+                             "ONNX graph, ranges calibrated on the run's first N training examples (default "
+                             f"{CALIBRATION_EXAMPLES}; read from the data its results.json names); a post-training "
+                             "step, measured in experiments/bench_inference.py --attention-int8")
+    parser.add_argument("--data-root", help="with --attention-int8: the data folder, when not the one the run recorded")
     args = parser.parse_args(argv)
     backend = args.backend or (DEFAULT_BACKEND if args.onnx is not None else None)
     option = f"--backend {backend}" if args.backend else "--onnx"
+    if args.attention_int8 is not None and backend is None:
+        parser.exit(2, "qbert-export: error: --attention-int8 changes the ONNX graph: it needs --onnx or --backend\n")
+    if args.data_root is not None and args.attention_int8 is None:
+        parser.exit(2, "qbert-export: error: --data-root is read only for --attention-int8's calibration\n")
+    if args.attention_int8 is not None and args.attention_int8 < 1:
+        parser.exit(2, f"qbert-export: error: --attention-int8 {args.attention_int8}: at least 1 example\n")
     choice = None
     if backend == AUTO:  # the CPU decides now; 2-bit weights, known once packed, may still send it to ONNX Runtime
         from qbert.export.backend_choice import choose_backend, effective_flags
@@ -99,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             require_backend(backend)
         except ImportError as error:
             parser.exit(2, f"qbert-export: error: {option}: {error}\n")
+    if args.attention_int8 is not None:
+        try:  # the calibration runs the graph in ONNX Runtime, whichever backend it is for
+            require_backend("onnxruntime")
+        except ImportError as error:
+            parser.exit(2, f"qbert-export: error: --attention-int8: {error}\n")
 
     from qbert.export.exporter import export_packed, load_run_model
     from qbert.export.loader import load_packed
@@ -133,10 +164,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"qbert-export: the loaded model's logits differ from the fake-quantized model's "
                   f"(max |diff| {rep['verify_max_abs_logit_diff']:.3g})", file=sys.stderr)
             return 1
+    calibration = None
+    if args.attention_int8 is not None:
+        from qbert.export.calibration import run_calibration
+
+        try:
+            calibration, described = run_calibration(folder, args.attention_int8, args.data_root)
+        except (ValueError, OSError) as error:  # no results.json, data not where the run left it: named
+            parser.exit(2, f"qbert-export: error: --attention-int8: {error}; {out} is written\n")
+        rep["attention_int8"] = {"calibration": described}
     if backend is not None:
         onnx_path = Path(args.onnx) if args.onnx else folder / "model.qbert.onnx"
         write = write_onnx if backend == "onnxruntime" else write_openvino
-        code = write(out, loaded, onnx_path, rep, verify=not args.no_verify)
+        code = write(out, loaded, onnx_path, rep, verify=not args.no_verify, calibration=calibration)
         if code:
             return code
     print(f"wrote {out}")
@@ -189,12 +229,13 @@ def require_backend(backend: str) -> None:
                           f"{openvino_runtime.EXTRA}") from None
 
 
-def _export_onnx(loaded: torch.nn.Module, path: Path, rep: dict) -> bool:
-    """Write the QDQ ONNX graph of a loaded packed model; False (the error printed) if it fails."""
+def _export_onnx(loaded: torch.nn.Module, path: Path, rep: dict, calibration: list | None) -> bool:
+    """Write the QDQ ONNX graph of a loaded packed model (its attention matmuls in int8, calibrated,
+    with ``calibration``); False (the error printed) if it fails."""
     from qbert.export.onnx_export import export_onnx
 
     try:
-        export_onnx(loaded, path)
+        export_onnx(loaded, path, calibration, rep.get("attention_int8"))
     except (ValueError, OSError) as error:
         print(f"qbert-export: error: {error}", file=sys.stderr)
         return False
@@ -202,11 +243,15 @@ def _export_onnx(loaded: torch.nn.Module, path: Path, rep: dict) -> bool:
     return True
 
 
-def _check(runtime: str, model, loaded: torch.nn.Module, rep: dict, tolerance: float) -> int:
-    """Compare ``model``'s logits with the loader's on the example batch; 1 past ``tolerance``."""
+def _check(runtime: str, model, loaded: torch.nn.Module, rep: dict, tolerance: float, calibration: list | None) -> int:
+    """Compare ``model``'s logits with the loader's on the example batch (with calibrated attention
+    operands: on the first calibration batch, real text, and at ``ATTENTION_INT8_TOLERANCE``);
+    1 past the tolerance."""
     from qbert.export.onnx_export import example_batch
 
-    batch = example_batch(loaded, size=4, seq=32)
+    batch = example_batch(loaded, size=4, seq=32) if calibration is None else calibration[0]
+    if calibration is not None:
+        tolerance = ATTENTION_INT8_TOLERANCE
     with torch.no_grad():
         ref = loaded(**batch).logits
     got = model(**batch)["logits"]
@@ -218,22 +263,24 @@ def _check(runtime: str, model, loaded: torch.nn.Module, rep: dict, tolerance: f
     return 0
 
 
-def write_onnx(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool) -> int:
+def write_onnx(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool,
+               calibration: list | None = None) -> int:
     """Export ``loaded`` (the packed file, loaded) as ONNX; with ``verify`` compare ONNX Runtime with it."""
     from qbert.export.onnx_runtime import OnnxModel
 
     rep["backend"] = "onnxruntime"
-    if not _export_onnx(loaded, path, rep):
+    if not _export_onnx(loaded, path, rep, calibration):
         return 2
     rep["backend_files"] = {str(path): path.stat().st_size}
     if not verify:
         return 0
-    code = _check("ONNX Runtime", OnnxModel(path), loaded, rep, ONNX_TOLERANCE)
+    code = _check("ONNX Runtime", OnnxModel(path), loaded, rep, ONNX_TOLERANCE, calibration)
     rep["onnx_max_abs_logit_diff"] = rep["backend_max_abs_logit_diff"]  # the key before --backend
     return code
 
 
-def write_openvino(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool) -> int:
+def write_openvino(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict, verify: bool,
+                   calibration: list | None = None) -> int:
     """Export the packed file as ONNX at ``path`` and convert it to OpenVINO IR beside it (``.xml``,
     ``.bin``); with ``verify`` compare OpenVINO running the IR with the loader. A model with 2-bit
     weights is refused before anything is written (exit 2): OpenVINO cannot read int2."""
@@ -245,7 +292,7 @@ def write_openvino(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict,
         print(f"qbert-export: error: --backend openvino: OpenVINO cannot read 2-bit weights ({len(low)} layers, "
               f"e.g. {low[0]}); {packed} is written; use --backend onnxruntime for this model", file=sys.stderr)
         return 2
-    if not _export_onnx(loaded, path, rep):
+    if not _export_onnx(loaded, path, rep, calibration):
         return 2
     xml = path.with_suffix(".xml")
     try:
@@ -259,7 +306,7 @@ def write_openvino(packed: Path, loaded: torch.nn.Module, path: Path, rep: dict,
     rep["backend_files"] = {str(f): f.stat().st_size for f in (path, xml, weights)}
     if not verify:
         return 0
-    return _check("OpenVINO", OpenVinoModel(xml), loaded, rep, OPENVINO_TOLERANCE)
+    return _check("OpenVINO", OpenVinoModel(xml), loaded, rep, OPENVINO_TOLERANCE, calibration)
 
 
 if __name__ == "__main__":

@@ -206,8 +206,12 @@ def example_batch(model: nn.Module, size: int = 2, seq: int = 8) -> dict[str, Te
     return {k: batch[k] for k in model_inputs(model)}
 
 
-def export_onnx(model: nn.Module, path: str | Path) -> Path:
-    """Write a packed model (``load_packed``) as a QDQ ONNX file at ``path``."""
+def export_onnx(model: nn.Module, path: str | Path, attention_calibration: list[dict[str, Tensor]] | None = None,
+                record: dict | None = None) -> Path:
+    """Write a packed model (``load_packed``) as a QDQ ONNX file at ``path``. With
+    ``attention_calibration`` (batches of model inputs) the attention matmuls' operands are
+    quantized to int8 too, with ranges calibrated on those batches (``attention_int8``); their
+    ranges and steps go into ``record["operands"]`` when a ``record`` dict is given."""
     import onnx
 
     if not any(isinstance(m, (PackedLinear, PackedEmbedding)) for m in model.modules()):
@@ -226,6 +230,12 @@ def export_onnx(model: nn.Module, path: str | Path) -> Path:
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
     finish_graph(proto)
+    if attention_calibration is not None:
+        from qbert.export.attention_int8 import quantize_attention_matmuls
+
+        operands = quantize_attention_matmuls(proto, attention_calibration)
+        if record is not None:
+            record["operands"] = operands
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
