@@ -22,6 +22,8 @@ trained quantized (``quant.attention_operands``) is refused by the packed format
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -48,36 +50,27 @@ def attention_matmuls(proto: Any) -> list[Any]:
 def operand_ranges(proto: Any, batches: Iterable[dict[str, Tensor]], names: list[str]) -> dict[str, tuple[float, float]]:
     """``{tensor name: (min, max)}`` of the graph's tensors ``names`` over ``batches``, run in
     ONNX Runtime with those tensors as extra graph outputs."""
-    import onnx
-    import onnxruntime as ort
+    from qbert.export.onnx_runtime import with_outputs
 
-    from qbert.export.onnx_runtime import graph_feeds
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
     lo = dict.fromkeys(names, np.inf)
     hi = dict.fromkeys(names, -np.inf)
     seen = 0
-    for batch in batches:
-        for name, value in zip(names, session.run(names, graph_feeds(inputs, batch))):
-            lo[name], hi[name] = min(lo[name], float(value.min())), max(hi[name], float(value.max()))
-        seen += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = with_outputs(proto, names, Path(tmp) / "probe.onnx")
+        for batch in batches:
+            for name, value in probe.run(batch, names).items():
+                lo[name], hi[name] = min(lo[name], float(value.min())), max(hi[name], float(value.max()))
+            seen += 1
     if not seen:
         raise ValueError("calibrating the attention matmuls needs at least one batch")
     return {n: (lo[n], hi[n]) for n in names}
 
 
-def operand_grid(lo: float, hi: float) -> tuple[float, int, bool]:
-    """``(step, zero point, signed)`` of an operand's int8 grid from its calibrated range."""
+def operand_grid(lo: float, hi: float) -> tuple[float, bool]:
+    """``(step, signed)`` of an operand's grid (zero point 0 either way) from its calibrated range."""
     if lo >= 0.0:
-        return max(hi / UINT8_MAX, MIN_STEP), 0, False
-    return max(max(-lo, hi) / INT8_MAX, MIN_STEP), 0, True
+        return max(hi / UINT8_MAX, MIN_STEP), False
+    return max(max(-lo, hi) / INT8_MAX, MIN_STEP), True
 
 
 def quantize_attention_matmuls(proto: Any, batches: Iterable[dict[str, Tensor]]) -> dict[str, dict[str, Any]]:
@@ -94,11 +87,11 @@ def quantize_attention_matmuls(proto: Any, batches: Iterable[dict[str, Tensor]])
     graph, record, pairs = proto.graph, {}, {}
     for name in operands:
         lo, hi = ranges[name]
-        step, zero, signed = operand_grid(lo, hi)
+        step, signed = operand_grid(lo, hi)
         dtype = np.int8 if signed else np.uint8
         base = f"{name}.attention_q"
         graph.initializer.extend([numpy_helper.from_array(np.array(step, dtype=np.float32), f"{base}.scale"),
-                                  numpy_helper.from_array(np.array(zero, dtype=dtype), f"{base}.zero_point")])
+                                  numpy_helper.from_array(np.array(0, dtype=dtype), f"{base}.zero_point")])
         pairs[name] = [
             helper.make_node("QuantizeLinear", [name, f"{base}.scale", f"{base}.zero_point"], [f"{base}.q"], name=f"{base}/quantize"),
             helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zero_point"], [f"{base}.dq"],
@@ -106,10 +99,10 @@ def quantize_attention_matmuls(proto: Any, batches: Iterable[dict[str, Tensor]])
         ]
         record[name] = {"min": lo, "max": hi, "step": step, "dtype": "int8" if signed else "uint8"}
     # each pair goes right before its matmul (after the operand's producer): the order stays topological
-    targets = {id(n) for n in matmuls}
+    targets = {n.output[0] for n in matmuls}
     nodes = []
     for node in graph.node:
-        if id(node) in targets:
+        if node.output[0] in targets:
             for i, name in enumerate(node.input):
                 nodes.extend(pairs.pop(name, ()))
                 node.input[i] = f"{name}.attention_q.dq"

@@ -88,20 +88,20 @@ def test_the_graph_runs_and_stays_near_the_float_attention(loaded, tmp_path):
 
 
 def test_grids():
-    assert operand_grid(0.0, 1.0) == (1.0 / 255, 0, False)
-    assert operand_grid(-2.0, 1.0) == (2.0 / 127, 0, True)
-    assert operand_grid(0.0, 0.0) == (MIN_STEP, 0, False)
+    assert operand_grid(0.0, 1.0) == (1.0 / 255, False)
+    assert operand_grid(-2.0, 1.0) == (2.0 / 127, True)
+    assert operand_grid(0.0, 0.0) == (MIN_STEP, False)
 
 
 def test_a_graph_without_attention_matmuls_is_refused():
     weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
     with pytest.raises(ValueError, match="no MatMul with two activation inputs"):
         quantize_attention_matmuls(helper.make_model(graph), [{"x": torch.ones(1, 4)}])
     with pytest.raises(ValueError, match="at least one batch"):
-        operand_ranges(helper.make_model(graph), [], ["y"])
+        operand_ranges(helper.make_model(graph), [], ["r"])
 
 
 # -- the command: calibration from the run's own training data -------------------------------
