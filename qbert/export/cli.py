@@ -249,9 +249,10 @@ def _check(runtime: str, model, loaded: torch.nn.Module, rep: dict, tolerance: f
     1 past the tolerance."""
     from qbert.export.onnx_export import example_batch
 
-    batch = example_batch(loaded, size=4, seq=32) if calibration is None else calibration[0]
-    if calibration is not None:
-        tolerance = ATTENTION_INT8_TOLERANCE
+    if calibration is None:
+        batch = example_batch(loaded, size=4, seq=32)
+    else:
+        batch, tolerance = calibration[0], ATTENTION_INT8_TOLERANCE
     with torch.no_grad():
         ref = loaded(**batch).logits
     got = model(**batch)["logits"]
