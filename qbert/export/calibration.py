@@ -19,21 +19,16 @@ from qbert.data.sources import load_split, splits_of
 BATCH = 32
 
 
-def run_folder(source: str | Path) -> Path:
-    """The run folder of ``source`` (the run folder itself or its ``model/``)."""
-    folder = Path(source)
-    return folder.parent if folder.name == "model" else folder
-
-
-def run_calibration(source: str | Path, count: int, data_root: str | None = None) -> tuple[list[dict[str, Tensor]], str]:
-    """``(batches, description)``: the first ``count`` training windows of the run's task as model
-    inputs (no labels), in batches of ``BATCH`` padded to their longest window. ``data_root``
-    replaces the data folder the run recorded (the data moved, or another machine)."""
+def run_calibration(folder: str | Path, count: int, data_root: str | None = None) -> tuple[list[dict[str, Tensor]], str]:
+    """``(batches, description)``: the first ``count`` training windows of the task of the run in
+    ``folder`` (the run folder, holding ``results.json`` and ``model/``) as model inputs (no labels),
+    in batches of ``BATCH`` padded to their longest window. ``data_root`` replaces the data folder
+    the run recorded (the data moved, or another machine)."""
     from transformers import AutoTokenizer
 
     if count < 1:
         raise ValueError(f"calibration needs at least one example, not {count}")
-    folder = run_folder(source)
+    folder = Path(folder)
     results = folder / "results.json"
     if not results.is_file():
         raise FileNotFoundError(f"{results}: missing; calibration reads the run's task and data from it")
