@@ -26,7 +26,7 @@ from bench_inference import read_sst2
 from eval_packed import batches
 from qbert.export import load_packed
 from qbert.export.modules import PackedLinear
-from qbert.export.onnx_export import export_onnx
+from qbert.export.onnx_export import export_onnx, input_code_offset
 from qbert.export.onnx_runtime import with_outputs
 from qbert.quant.primitives import quantize
 
@@ -70,7 +70,7 @@ def main() -> None:
             max_logit = max(max_logit, float((out["logits"][:n_real] - ref[:n_real]).abs().max()))
             mask = batch["attention_mask"][:n_real].bool()  # real tokens of real sentences only
             for name, m in linears.items():
-                steps = (out[f"{name}.input.q"].to(torch.int32) - loader_codes(m, captured[name]))[:n_real][mask].abs()
+                steps = (out[f"{name}.input.q"].to(torch.int32) - input_code_offset(m) - loader_codes(m, captured[name]))[:n_real][mask].abs()
                 c = counts[name]
                 c["differ"] += int((steps > 0).sum())
                 c["differ_by_more_than_one"] += int((steps > 1).sum())

@@ -21,7 +21,7 @@ from export_testing import TINY, batch, quantized_tiny, sst2_tiny_packed
 from qbert.export import export_packed, load_packed
 from qbert.export.cli import ONNX_TOLERANCE, main
 from qbert.export.modules import PackedLinear
-from qbert.export.onnx_export import export_onnx
+from qbert.export.onnx_export import SYMMETRIC_INPUT_OFFSET, export_onnx, input_code_offset
 from qbert.export import onnx_runtime
 from qbert.export.onnx_runtime import OnnxModel
 from qbert.quant import calibration, q8bert_plan, qbert_plan, quantization_map, quantize_
@@ -146,8 +146,9 @@ def test_quantized_activations_are_qberts_codes_element_by_element(plan, tmp_pat
     outs = debug.run(batch(2))
     for name, m in linears.items():
         got = outs[f"{name}.input.q"]
-        assert got.dtype == (torch.int8 if m.input_symmetric else torch.uint8)
-        torch.testing.assert_close(got.to(torch.int32), expected_input_codes(m, outs[roots[name]]), atol=0, rtol=0)
+        assert got.dtype == torch.uint8  # a symmetric grid shifted by 128: what x86 int8 kernels take
+        codes = got.to(torch.int32) - input_code_offset(m)
+        torch.testing.assert_close(codes, expected_input_codes(m, outs[roots[name]]), atol=0, rtol=0)
 
 
 def test_symmetric_8_bit_inputs_stop_at_minus_127(tmp_path):
@@ -160,7 +161,7 @@ def test_symmetric_8_bit_inputs_stop_at_minus_127(tmp_path):
     loaded, proto, session = exported(model, tmp_path)
     root = input_chain_root(proto, name)
     outs = with_outputs(proto, [f"{name}.input.q", root], tmp_path).run(batch(1))
-    got = outs[f"{name}.input.q"].to(torch.int32)
+    got = outs[f"{name}.input.q"].to(torch.int32) - SYMMETRIC_INPUT_OFFSET
     assert int(got.min()) == -127 and int(got.max()) == 127 and int((got == -127).sum()) > 10
     torch.testing.assert_close(got, expected_input_codes(loaded.get_submodule(name), outs[root]), atol=0, rtol=0)
     assert_matches_loader(loaded, session)

@@ -67,7 +67,7 @@ def test_openvino_runs_every_quantized_linear_in_int8(openvino, tmp_path):
     loaded, path = exported("q8bert", tmp_path)
     quantized = sum(isinstance(m, PackedLinear) and m.w_bits != FLOAT_BITS for m in loaded.modules())
     layers = OpenVinoModel(path, threads=1).int8_layers()["FullyConnected"]
-    assert quantized == 12 and layers.get("i8", 0) + layers.get("u8", 0) == quantized
+    assert quantized == 12 and layers.get("u8", 0) == quantized  # uint8 x int8: no compensation pass
     assert sum(layers.values()) == quantized + 2  # + the pooler and the classifier, float in Q8BERT
 
 
@@ -192,11 +192,12 @@ def test_bench_openvino_paths_run_on_a_tiny_grid(openvino, tmp_path, bf16):
     if bf16:
         paths |= {"bf16_eager", "bf16_compiled", "int8_pt2e_bf16", "ov_qdq_bf16", "ov_fp32_bf16", "ov_nncf_bf16"}
         assert point["speedup_vs_bf16_compiled"]["bf16_compiled"] == 1.0
-        assert point["openvino_matmul_precisions"]["ov_qdq_bf16"]["FullyConnected"]["i8"] == 12
+        assert point["openvino_matmul_precisions"]["ov_qdq_bf16"]["FullyConnected"]["u8"] == 12
     assert set(point["latency_ms"]) == paths and "failed" not in point
     assert point["speedup_vs_fp32_eager"]["fp32_eager"] == 1.0
-    assert point["openvino_matmul_precisions"]["ov_qdq"]["FullyConnected"]["i8"] == 12
-    assert "i8" not in point["openvino_matmul_precisions"]["ov_fp32"]["FullyConnected"]
+    # our Linears run uint8 activations x int8 weights (the symmetric grid stored shifted by 128)
+    assert point["openvino_matmul_precisions"]["ov_qdq"]["FullyConnected"]["u8"] == 12
+    assert not {"i8", "u8"} & set(point["openvino_matmul_precisions"]["ov_fp32"]["FullyConnected"])
     acc = minilm["accuracy"]
     assert acc["dev_sentences"] == 40 and acc["threads"] == 1 and set(acc) == paths | {"dev_sentences", "threads", "loader"}
     assert "accuracy" not in minilm["points"][0]
