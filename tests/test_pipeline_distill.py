@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from qbert import methods
@@ -60,7 +61,7 @@ def test_distillation_changes_the_trained_weights_and_the_normalized_loss_is_log
 
 
 def test_mkq_true_w4a4_quantizes_the_attention_matmuls_with_integer_zero_points(compose_cfg, tmp_path, finetuned):
-    from qbert.export import export_packed
+    from qbert.export import export_packed, load_packed
     from qbert.export.exporter import load_run_model
     from qbert.quant.attention import quantized_attentions
 
@@ -73,8 +74,11 @@ def test_mkq_true_w4a4_quantizes_the_attention_matmuls_with_integer_zero_points(
     assert len(quantized_attentions(model)) == 2
     offsets = [m for m in model.modules() if type(m).__name__ == "LearnedActivationQuantizer" and not m.symmetric]
     assert offsets and all(float(q.zero_point()) == round(float(q.zero_point())) for q in offsets)
-    with pytest.raises(ValueError, match="attention in float"):
-        export_packed(model, tmp_path / "w4a4.qbert.safetensors")
+    loaded = load_packed(export_packed(model, tmp_path / "w4a4.qbert.safetensors"))  # packed as evaluated
+    assert quantized_attentions(loaded) == quantized_attentions(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("overrides,key", [

@@ -17,7 +17,8 @@ FakeQuantize on exactly these operands). ``quantize_attention_matmuls`` adds tho
 This is a post-training step on top of the trained model, so it changes the logits (the QAT
 model computed attention in float): its accuracy is measured, not assumed
 (``experiments/bench_inference.py --attention-int8``). A model whose attention operands were
-trained quantized (``quant.attention_operands``) is refused by the packed format before this.
+trained quantized (``quant.attention_operands``) already has these pairs, at its trained steps
+(``onnx_export.OnnxOperand``); calibrating it again is refused.
 """
 
 from __future__ import annotations

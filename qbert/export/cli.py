@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     calibration = None
     if args.attention_int8 is not None:
         from qbert.export.calibration import run_calibration
+        from qbert.quant.attention import quantized_attentions
+
+        if quantized_attentions(loaded):
+            parser.exit(2, "qbert-export: error: --attention-int8: the model's attention matmul operands were trained "
+                           f"quantized (quant.attention_operands) and are exported at their trained steps; {out} is written\n")
 
         try:
             calibration, described = run_calibration(folder, args.attention_int8, args.data_root)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qbert.export.packed_file import write_packed
+from qbert.export.packed_file import operand_key, write_packed
 from qbert.export.packing import pack, to_codes
 from qbert.quant import FLOAT_BITS, QuantEmbedding, QuantLinear, compute_qparams, plan_from_dict, quantize_
 from qbert.quant.attention import quantized_attentions
@@ -47,17 +47,22 @@ def weight_codes(m: QuantLinear | QuantEmbedding) -> tuple[Tensor, Tensor, Tenso
 
 
 @torch.no_grad()
+def learned_qparams(q: LearnedActivationQuantizer) -> Tensor:
+    """A learned activation quantizer's frozen ``[step, offset]``."""
+    if not bool(q.initialized):
+        raise ValueError("a learned activation quantizer was never initialised (calibrate or train first)")
+    # the offset it computes with: with integer zero points, -zero_point * step exactly
+    return torch.stack([q.scale.detach().float().clamp(min=MIN_SCALE), q.effective_offset().detach().float()])
+
+
+@torch.no_grad()
 def input_qparams(m: QuantLinear) -> tuple[str | None, Tensor | None]:
     """The input quantizer's kind and its frozen ``[scale, zero_point or offset]``."""
     iq = m.input_quantizer
     if iq is None:
         return None, None
     if isinstance(iq, LearnedActivationQuantizer):
-        if not bool(iq.initialized):
-            raise ValueError("a learned input quantizer was never initialised (calibrate or train first)")
-        # the offset it computes with: with integer zero points, -zero_point * step exactly
-        offset = iq.effective_offset().detach().float()
-        return "learned", torch.stack([iq.scale.detach().float().clamp(min=MIN_SCALE), offset])
+        return "learned", learned_qparams(iq)
     assert isinstance(iq, ActivationQuantizer)
     if iq.dynamic:
         return "dynamic", None
@@ -72,18 +77,18 @@ def packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
     if not quantized:
         raise ValueError("the model has no quantized module: nothing to pack (export a quantize_'d model)")
-    attentions = quantized_attentions(model)
-    if attentions:  # dropping them would export another model than the one evaluated
-        raise ValueError(f"{len(attentions)} self-attentions (e.g. {attentions[0]}) quantize their matmul operands "
-                         "(quant.attention_operands=true); the packed format and its kernels compute attention "
-                         "in float, so this model cannot be exported as it was evaluated")
     tensors: dict[str, Tensor] = {}
     for key, t in model.state_dict().items():
         owner = next((n for n in quantized if key.startswith(n + ".")), None)
         rest = key[len(owner) + 1:] if owner else key
         if owner and (rest == "weight" or rest.startswith(QUANTIZER_KEYS)):
             continue  # replaced by the packed codes and qparams below
+        if ".operand_quantizers." in key:
+            continue  # the attention operands' frozen qparams, below
         tensors[key] = t.detach().float() if t.is_floating_point() else t.detach()
+    for name in quantized_attentions(model):  # quant.attention_operands: Q, K, V and P at their steps
+        for operand, q in model.get_submodule(name).operand_quantizers.items():
+            tensors[operand_key(name, operand)] = learned_qparams(q)
     modules: dict[str, Any] = {}
     for name, m in quantized.items():
         spec, wq = m.spec, m.weight_quantizer

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qbert.export.modules import PackedEmbedding, PackedLinear
-from qbert.export.packed_file import PackedFileError, read_packed
+from qbert.export.modules import PackedEmbedding, PackedLinear, PackedOperand
+from qbert.export.packed_file import PackedFileError, operand_key, read_packed
 from qbert.export.packing import from_codes, packed_nbytes, unpack
+from qbert.quant.attention import OPERANDS, PROJECTIONS, quantize_matmuls_with_
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.plan import assign
 from qbert.quant.primitives import FLOAT_BITS
@@ -58,8 +59,6 @@ def _check_module(path: Path, name: str, info: dict, spec: dict, target: nn.Modu
     shape = list(target.weight.shape)
     if info.get("shape") != shape:
         fail(f"weight shape {info.get('shape')} in the file, {shape} in the config")
-    if spec.get("attn_operands"):  # qbert-export refuses these; a file claiming one was not written by it
-        fail("its plan quantizes the attention matmul operands, which packed models compute in float")
     if info.get("w_bits") != spec["w_bits"] or info.get("a_bits") != spec["a_bits"]:
         fail(f"widths w{info.get('w_bits')}/a{info.get('a_bits')} do not match the plan's "
              f"w{spec['w_bits']}/a{spec['a_bits']}")
@@ -87,6 +86,26 @@ def _check_module(path: Path, name: str, info: dict, spec: dict, target: nn.Modu
             fail(f"input qparams {'missing' if needs else 'unexpected'}")
 
 
+def quantized_operands(path: Path, plan: dict, named: dict[str, nn.Module]) -> dict[str, tuple[int, bool]]:
+    """``{self-attention: (bits, symmetric)}`` of the attentions whose matmul operands the plan
+    quantizes (``attn_operands`` on its query, key and value: all three, alike), checked against
+    the architecture."""
+    parents = {n.rpartition(".")[0] for n, spec in plan.items() if spec.get("attn_operands")}
+    found = {}
+    for name in sorted(parents):
+        specs = [plan.get(f"{name}.{p}") or {} for p in PROJECTIONS]
+        shared = [(s.get("attn_operands"), s.get("a_bits"), s.get("symmetric")) for s in specs]
+        if not shared[0][0] or any(s != shared[0] for s in shared):
+            raise PackedFileError(f"{path}: {name}: the plan quantizes its attention operands on some of "
+                                  f"{list(PROJECTIONS)} only, or with different settings ({shared})")
+        m = named.get(name)
+        if m is None or not all(hasattr(m, a) for a in ("attention_head_size", "scaling", "dropout")):
+            raise PackedFileError(f"{path}: {name}: not a BERT-style self-attention in this config; "
+                                  "its quantized matmul operands have nowhere to go")
+        found[name] = (int(shared[0][1]), bool(shared[0][2]))
+    return found
+
+
 def _codes(info: dict, own: dict[str, Tensor]) -> Tensor | None:
     if info["w_bits"] == FLOAT_BITS:
         return None
@@ -111,10 +130,15 @@ def load_packed(path: str | Path) -> nn.Module:
     own = {n: _module_tensors(n, tensors) for n in modules}
     for name, info in modules.items():
         _check_module(path, name, info, plan[name], named[name], own[name])
+    attentions = quantized_operands(path, plan, named)
+    operand_keys = {operand_key(a, o) for a in attentions for o in OPERANDS}
+    for key in sorted(operand_keys):
+        if key not in tensors or tensors[key].numel() != 2:
+            raise PackedFileError(f"{path}: tensor {key!r} (an attention operand's [step, offset]) missing or not 2 values")
     # the float rest must fill the skeleton exactly
     state = model.state_dict()
     expected = {k: v for k, v in state.items() if not (k.rpartition(".")[0] in modules and k.endswith(".weight"))}
-    claimed = {f"{n}.{s}" for n in modules for s in own[n]}
+    claimed = {f"{n}.{s}" for n in modules for s in own[n]} | operand_keys
     rest = {k: v for k, v in tensors.items() if k not in claimed}
     bias = {f"{n}.bias" for n in modules if f"{n}.bias" in state}
     for k in sorted(set(expected) | set(rest)):
@@ -137,5 +161,8 @@ def load_packed(path: str | Path) -> nn.Module:
     left = [k for k in missing if k.rpartition(".")[0] not in modules]
     if left or unexpected:  # unreachable after the checks above; kept as a guard
         raise PackedFileError(f"{path}: state mismatch: missing {left[:5]}, unexpected {unexpected[:5]}")
+    for name, (bits, symmetric) in attentions.items():  # probabilities: always the unsigned grid
+        quantize_matmuls_with_(named[name], {o: PackedOperand(bits, symmetric and o != "probs", tensors[operand_key(name, o)])
+                                             for o in OPERANDS})
     mark_packed(model, str(path))  # save_pretrained would write codes a float loader misreads: refused
     return model.eval()

@@ -73,6 +73,25 @@ class PackedLinear(nn.Module):
                 f"a_bits={self.a_bits}, input={self.input_kind}{' per token' if self.per_token else ''}")
 
 
+class PackedOperand(nn.Module):
+    """One attention matmul operand (Q, K, V or the softmax probabilities P) at its frozen learned
+    step and offset: ``round(clamp((x - offset) / step)) * step + offset``, what the trained
+    ``LearnedActivationQuantizer`` computes in eval mode (``qbert.quant.attention``)."""
+
+    def __init__(self, bits: int, symmetric: bool, qparams: Tensor) -> None:
+        super().__init__()
+        self.bits, self.symmetric = bits, symmetric
+        self.register_buffer("qparams", qparams.float().reshape(2))  # [step, offset]
+
+    def forward(self, x: Tensor) -> Tensor:
+        qmin, qmax = qrange(self.bits, self.symmetric)
+        step, offset = self.qparams[0], self.qparams[1]
+        return torch.round(((x - offset) / step).clamp(qmin, qmax)) * step + offset
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, symmetric={self.symmetric}"
+
+
 class PackedEmbedding(nn.Module):
     """Looks up integer codes and dequantizes only the rows looked up (per row-group step)."""
 

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qbert.export.modules import PackedEmbedding, PackedLinear
+from qbert.export.modules import PackedEmbedding, PackedLinear, PackedOperand
 from qbert.quant.primitives import FLOAT_BITS, MIN_SCALE, qrange
 from qbert.weights import replace_module
 
@@ -180,6 +180,49 @@ class OnnxLinear(nn.Module):
                     qbert_tag_s=f"{self.name}|weight|{p.w_bits}", **axis)
 
 
+_OPERANDS: "weakref.WeakValueDictionary[int, OnnxOperand]" = weakref.WeakValueDictionary()
+
+
+class _OperandOp(torch.autograd.Function):
+    """Eager: the packed operand quantizer. Export: its Q/DQ pair (``OnnxOperand.emit``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, key: int) -> Tensor:
+        if torch.jit.is_tracing():  # as _QuantLinearOp: the graph holds the symbolic below
+            return torch.empty_like(x)
+        return _OPERANDS[key].packed(x)
+
+    @staticmethod
+    def symbolic(g, x, key: int):
+        return _OPERANDS[key].emit(g, x)
+
+
+class OnnxOperand(nn.Module):
+    """An attention matmul operand at its trained step (``PackedOperand``), written as
+    ``Div(step) -> Clip -> QuantizeLinear(1, zp) -> DequantizeLinear(step, zp)`` (``Sub``/``Add``
+    of the offset around it when the offset is not 0). Unlike a Linear's input, a symmetric
+    operand stays int8 with zero point 0: K and V are the matmuls' second operands, which x86
+    int8 kernels take signed (as OpenVINO runs NNCF's attention: Q.K^T int8 x int8, P.V uint8 x int8)."""
+
+    def __init__(self, name: str, packed: PackedOperand) -> None:
+        super().__init__()
+        self.name, self.packed = name, packed
+        _OPERANDS[id(self)] = self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _OperandOp.apply(x, id(self))
+
+    def emit(self, g, x):
+        p = self.packed
+        qmin, qmax = qrange(p.bits, p.symmetric)
+        step, offset = (_f32(v) for v in p.qparams)
+        shifted = float(offset) != 0.0
+        y = g.op("Div", g.op("Sub", x, _const(g, offset)) if shifted else x, _const(g, step))
+        zp = _const(g, torch.tensor(0, dtype=torch.int8 if p.symmetric else torch.uint8))
+        dq = _grid_qdq(g, y, _const(g, _f32(qmin)), _const(g, _f32(qmax)), zp, _const(g, step), f"{self.name}|operand")
+        return g.op("Add", dq, _const(g, offset)) if shifted else dq
+
+
 class OnnxEmbedding(nn.Module):
     """Gathers the codes and dequantizes the rows looked up (traced: Gather, Cast, Sub, Mul)."""
 
@@ -203,6 +246,8 @@ def onnx_ready(model: nn.Module) -> nn.Module:
             replace_module(model, name, OnnxLinear(name, m))
         elif isinstance(m, PackedEmbedding):
             replace_module(model, name, OnnxEmbedding(m))
+        elif isinstance(m, PackedOperand):
+            replace_module(model, name, OnnxOperand(name, m))
     return model.eval()
 
 
@@ -230,6 +275,9 @@ def export_onnx(model: nn.Module, path: str | Path, attention_calibration: list[
 
     if not any(isinstance(m, (PackedLinear, PackedEmbedding)) for m in model.modules()):
         raise ValueError("export_onnx takes a packed model (qbert.export.load_packed): it has no packed module")
+    if attention_calibration is not None and any(isinstance(m, PackedOperand) for m in model.modules()):
+        raise ValueError("the model's attention matmul operands were trained quantized (quant.attention_operands): "
+                         "they are written at their trained steps, not calibrated again (no --attention-int8)")
     ready = onnx_ready(model)
     example = example_batch(ready)
     with torch.no_grad():
@@ -291,6 +339,9 @@ def finish_graph(proto: Any) -> None:
         node.name = f"{module}/{role}"
         if role == "input":
             renames[node.output[0]] = f"{module}.input.q"
+            continue
+        if role == "operand":  # an attention operand, module {attention}.operand_quantizers.{name}
+            renames[node.output[0]] = f"{module}.q"
             continue
         bits = int(rest[0])
         codes, scale, zp = (value(i) for i in node.input)

@@ -8,6 +8,9 @@ Tensors (``{m}`` = a quantized module's name in the model):
 * ``{m}.input.qparams``: fp32 ``[2]``, the input quantizer learned in QAT or calibration:
   ``(scale, zero_point)`` of an EMA range, or ``(step, offset)`` of a learned (LSQ) one; absent
   for a float or dynamic (per-batch) input;
+* ``{a}.operands.{query,key,value,probs}.qparams``: fp32 ``[2]``, ``(step, offset)`` of each
+  attention matmul operand, for a self-attention ``{a}`` whose plan has ``attn_operands``
+  (MKQ's true W4A4: ``quant.attention_operands``); P on the unsigned grid;
 * every other state_dict entry (biases, LayerNorms, float modules, the task head) as stored.
 
 Metadata (safetensors keeps string values; ours are JSON): ``format`` (``FORMAT``), ``layout``,
@@ -45,6 +48,12 @@ CHECKED_FIELDS = ("config", "plan", "modules", "architecture", "layout")  # cove
 
 class PackedFileError(ValueError):
     """A packed file that cannot be loaded as it is (names the file, and the tensor if any)."""
+
+
+def operand_key(attention: str, operand: str) -> str:
+    """The tensor holding a self-attention's matmul operand's ``[step, offset]`` (``operand``: query,
+    key, value or probs), for a plan with ``attn_operands``."""
+    return f"{attention}.operands.{operand}.qparams"
 
 
 def tensor_sha256(t: Tensor) -> str:

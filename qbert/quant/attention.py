@@ -51,8 +51,12 @@ class QuantizedMatmulAttention(nn.Module):
         quant = self.operand_quantizers
         input_shape = hidden_states.shape[:-1]
         heads = (*input_shape, -1, self.attention_head_size)
-        q, k, v = (quant[n](getattr(self, n)(hidden_states)).view(heads).transpose(1, 2) for n in PROJECTIONS)
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling
+        q, k, v = (getattr(self, n)(hidden_states).view(heads).transpose(1, 2) for n in PROJECTIONS)
+        # each quantized where its matmul reads it (per-tensor, so the same values as before the
+        # heads' reshape): an exported Q/DQ pair then feeds the MatMul directly, the pattern int8
+        # runtimes fuse (ONNX Runtime 1.32 mis-types a DQ moved past a Reshape: issue 27845)
+        q, k_t, v = quant["query"](q), quant["key"](k.transpose(2, 3)), quant["value"](v)
+        scores = torch.matmul(q, k_t) * self.scaling
         if attention_mask is not None:
             if attention_mask.dtype == torch.bool:  # SDPA's mask: True = attend
                 scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -112,10 +116,21 @@ def quantize_attention_operands_(model: nn.Module, attentions: Mapping[str, Quan
             return LearnedActivationQuantizer(spec.a_bits, symmetric, spec.learned, device,
                                               integer_zero_point=spec.integer_zero_point)
 
-        m.operand_quantizers = nn.ModuleDict({n: quantizer(spec.symmetric) for n in PROJECTIONS})
-        m.operand_quantizers["probs"] = quantizer(False)  # probabilities: unsigned grid
-        m.__class__ = _quantized_class(type(m))
+        quantizers = {n: quantizer(spec.symmetric) for n in PROJECTIONS}
+        quantizers["probs"] = quantizer(False)  # probabilities: unsigned grid
+        quantize_matmuls_with_(m, quantizers)
     return model
+
+
+def quantize_matmuls_with_(attention: nn.Module, quantizers: Mapping[str, nn.Module]) -> nn.Module:
+    """Give a BERT-style self-attention ``quantizers`` (one module per name of ``OPERANDS``,
+    each mapping a tensor to its quantized value) and swap its class for the quantized-matmul
+    one. Also how a packed model rebuilds its frozen operands (``qbert.export.loader``)."""
+    if set(quantizers) != set(OPERANDS):
+        raise ValueError(f"attention operand quantizers {sorted(quantizers)}: need exactly {list(OPERANDS)}")
+    attention.operand_quantizers = nn.ModuleDict(dict(quantizers))
+    attention.__class__ = _quantized_class(type(attention))
+    return attention
 
 
 def restore_attention_(model: nn.Module) -> nn.Module:

@@ -179,10 +179,12 @@ def mkq_plan(w_bits: int = 4, a_bits: int = 4, e_bits: int = 8, groups: Groups =
     ``attention_operands``: the attention matmuls' operands (Q, K, P, V) at ``a_bits`` too (true
     W4A4, ``qbert.quant.attention``); ``integer_zero_points``: every learned offset on the
     integer grid."""
+    # a symmetric input has no offset to round: with symmetric inputs only the probabilities'
+    # quantizer (on the Q/K/V spec, with attention_operands) takes integer_zero_points
     spec = QuantSpec(w_bits=w_bits, groups=groups, a_bits=a_bits, symmetric=a_symmetric, learned=scale_grad,
-                     integer_zero_point=integer_zero_points)
+                     integer_zero_point=integer_zero_points and not a_symmetric)
     (qkv_key, qkv), *rest = _layer_entries(prefix, None, spec, groups)
-    plan = [(qkv_key, qkv.replace(attn_operands=attention_operands)), *rest]
+    plan = [(qkv_key, qkv.replace(attn_operands=attention_operands, integer_zero_point=integer_zero_points)), *rest]
     return plan + _embedding_entries(prefix, e_bits, 1, True, False)
 
 

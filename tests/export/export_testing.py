@@ -29,6 +29,10 @@ PLANS = {
         "ema_asym", {"ffn_in": "per_token", "ffn_out": "per_token_asym"}, {"attn_out": 6})),
     "qbert_groups_per_head": lambda: qbert_plan(4, 8, 8, groups=16, groups_per_head=2, num_heads=4),
     "w8a8_asym_inputs": lambda: uniform_plan(8, 8, 8, inputs=InputRanges("ema_asym")),  # per-tensor, int8-able
+    # MKQ's true W4A4 (Q, K, V, P quantized, integer zero points), and its symmetric 8-bit form
+    "mkq_w4a4_attention": lambda: mkq_plan(4, 4, 8, groups=4, attention_operands=True, integer_zero_points=True),
+    "mkq_w8a8_attention_sym": lambda: mkq_plan(8, 8, 8, groups=4, a_symmetric=True, attention_operands=True,
+                                               integer_zero_points=True),
 }
 
 
