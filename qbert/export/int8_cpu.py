@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from qbert.export.modules import PackedEmbedding, PackedLinear
+from qbert.quant.attention import restore_attention_
 from qbert.quant.primitives import FLOAT_BITS
 from qbert.weights import replace_module
 
@@ -58,8 +59,8 @@ def float_copy(model: nn.Module) -> tuple[nn.Module, dict[str, InputQParams | No
     """A plain float copy (weights = the dequantized ``Q(W)``, no fake quantization) plus the
     QAT input quantizer per Linear (``(scale, zero_point, quant_min)`` in uint8 terms, None if
     not usable) and the per-tensor weight step (None if the weight is not symmetric per-tensor
-    8-bit)."""
-    model = copy.deepcopy(model)
+    8-bit). Quantized attention operands (``quant.attention_operands``) go too: float attention."""
+    model = restore_attention_(copy.deepcopy(model))
     inputs: dict[str, InputQParams | None] = {}
     weights: dict[str, float | None] = {}
     for name, m in list(model.named_modules()):

@@ -112,3 +112,11 @@ def test_the_command_refuses_to_calibrate_trained_operands(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "trained quantized" in err and "packed.qbert.safetensors is written" in err
     assert main([str(run), "--onnx"]) == 0  # without it: the trained steps, checked against the loader
+
+
+def test_the_float_copy_has_float_attention(pair):
+    from qbert.export.int8_cpu import float_copy
+
+    _, loaded = pair
+    assert quantized_attentions(loaded) and not quantized_attentions(float_copy(loaded)[0])
+    assert quantized_attentions(loaded)  # a copy: the packed model keeps them
