@@ -18,6 +18,12 @@ from torch import Tensor, nn
 from qbert.quant.primitives import FLOAT_BITS, compute_qparams, fake_quantize, qrange, range_from_tensor
 
 
+def learned_fake_quantize(x: Tensor, step: Tensor, offset: Tensor, bits: int, symmetric: bool) -> Tensor:
+    """A frozen learned (LSQ/LSQ+) quantizer: ``round(clamp((x - offset) / step)) * step + offset``."""
+    qmin, qmax = qrange(bits, symmetric)
+    return torch.round(((x - offset) / step).clamp(qmin, qmax)) * step + offset
+
+
 def _dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
     g = scale.numel()
     out = (q.reshape(g, -1).float() - zero_point.reshape(g, 1).float()) * scale.reshape(g, 1)
@@ -54,10 +60,8 @@ class PackedLinear(nn.Module):
         kind = self.input_kind
         if kind is None:
             return x
-        if kind == "learned":  # LSQ/LSQ+: round(clamp((x - offset) / step)) * step + offset
-            qmin, qmax = qrange(self.a_bits, self.input_symmetric)
-            step, offset = self.input_qparams[0], self.input_qparams[1]
-            return torch.round(((x - offset) / step).clamp(qmin, qmax)) * step + offset
+        if kind == "learned":  # LSQ/LSQ+
+            return learned_fake_quantize(x, self.input_qparams[0], self.input_qparams[1], self.a_bits, self.input_symmetric)
         if kind == "dynamic":
             lo, hi = range_from_tensor(x, self.range_method, self.percentile, dim=-1 if self.per_token else None)
             scale, zp = compute_qparams(lo, hi, self.a_bits, self.input_symmetric)
@@ -75,8 +79,8 @@ class PackedLinear(nn.Module):
 
 class PackedOperand(nn.Module):
     """One attention matmul operand (Q, K, V or the softmax probabilities P) at its frozen learned
-    step and offset: ``round(clamp((x - offset) / step)) * step + offset``, what the trained
-    ``LearnedActivationQuantizer`` computes in eval mode (``qbert.quant.attention``)."""
+    step and offset (``learned_fake_quantize``), what the trained ``LearnedActivationQuantizer``
+    computes in eval mode (``qbert.quant.attention``)."""
 
     def __init__(self, bits: int, symmetric: bool, qparams: Tensor) -> None:
         super().__init__()
@@ -84,9 +88,7 @@ class PackedOperand(nn.Module):
         self.register_buffer("qparams", qparams.float().reshape(2))  # [step, offset]
 
     def forward(self, x: Tensor) -> Tensor:
-        qmin, qmax = qrange(self.bits, self.symmetric)
-        step, offset = self.qparams[0], self.qparams[1]
-        return torch.round(((x - offset) / step).clamp(qmin, qmax)) * step + offset
+        return learned_fake_quantize(x, self.qparams[0], self.qparams[1], self.bits, self.symmetric)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, symmetric={self.symmetric}"

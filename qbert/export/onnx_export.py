@@ -24,7 +24,8 @@ integer tensor is exactly qbert's grid, -127 included, and the dequantized value
 kernels (VNNI's ``vpdpbusd``) take directly; int8 activations cost OpenVINO a compensation pass
 (measured: MiniLM's FFN input Linear 6.2 ms as int8 x int8, 5.2 ms as uint8 x int8, 32x128, 2
 threads, AVX-512 VNNI). A learned (LSQ) input divides by its step
-after subtracting the offset (as qbert does): ``Sub``, ``Div``, ``Clip``, Q/DQ, ``Add``.
+after subtracting the offset (as qbert does): ``Sub``, ``Div``, ``Clip``, Q/DQ, ``Add`` (no
+``Sub``/``Add`` when the offset is 0).
 A dynamic (per-batch minmax) input computes its step in the graph (``ReduceMax``/``ReduceMin``).
 
 **Embeddings** gather int8/uint8 codes (one byte per code whatever the width) and
@@ -80,6 +81,16 @@ def _input_zero_point(value: int) -> Tensor:
     return torch.tensor(value, dtype=torch.uint8)
 
 
+def _learned_qdq(g, x, step: Tensor, offset: Tensor, qmin: int, qmax: int, zp_q, tag: str):
+    """A frozen learned quantizer, ``round(clamp((x - offset) / step)) * step + offset``: ``Div``,
+    Clip, Q/DQ, with ``Sub``/``Add`` of the offset around them unless it is 0 (then the Q/DQ pair
+    feeds the consumer directly, the pattern int8 runtimes fuse)."""
+    shifted = float(offset) != 0.0
+    y = g.op("Div", g.op("Sub", x, _const(g, offset)) if shifted else x, _const(g, step))
+    dq = _grid_qdq(g, y, _const(g, _f32(qmin)), _const(g, _f32(qmax)), zp_q, _const(g, step), tag)
+    return g.op("Add", dq, _const(g, offset)) if shifted else dq
+
+
 def _grid_qdq(g, y, lo, hi, zp_q, scale_dq, tag: str):
     """``y`` (already ``x / s`` on the integer axis) -> Clip -> Q(1, zp) -> DQ(s, zp)."""
     clipped = g.op("Clip", y, lo, hi)
@@ -132,12 +143,9 @@ class OnnxLinear(nn.Module):
             return x
         qmin, qmax = qrange(p.a_bits, p.input_symmetric)
         shift = input_code_offset(p)  # the stored codes are the grid's + shift (uint8 either way)
-        if p.input_kind == "learned":  # round(clamp((x - offset) / step)) * step + offset
+        if p.input_kind == "learned":
             step, offset = (_f32(v) for v in p.input_qparams)
-            y = g.op("Div", g.op("Sub", x, _const(g, offset)), _const(g, step))
-            zp = _const(g, _input_zero_point(shift))
-            dq = _grid_qdq(g, y, _const(g, _f32(qmin)), _const(g, _f32(qmax)), zp, _const(g, step), tag)
-            return g.op("Add", dq, _const(g, offset))
+            return _learned_qdq(g, x, step, offset, qmin, qmax, _const(g, _input_zero_point(shift)), tag)
         if p.input_kind == "ema":
             scale, z = _f32(p.input_qparams[0]), int(p.input_qparams[1])
             y = g.op("Mul", x, _const(g, 1.0 / scale))  # float32 reciprocal, as fake_quantize takes it
@@ -216,11 +224,8 @@ class OnnxOperand(nn.Module):
         p = self.packed
         qmin, qmax = qrange(p.bits, p.symmetric)
         step, offset = (_f32(v) for v in p.qparams)
-        shifted = float(offset) != 0.0
-        y = g.op("Div", g.op("Sub", x, _const(g, offset)) if shifted else x, _const(g, step))
         zp = _const(g, torch.tensor(0, dtype=torch.int8 if p.symmetric else torch.uint8))
-        dq = _grid_qdq(g, y, _const(g, _f32(qmin)), _const(g, _f32(qmax)), zp, _const(g, step), f"{self.name}|operand")
-        return g.op("Add", dq, _const(g, offset)) if shifted else dq
+        return _learned_qdq(g, x, step, offset, qmin, qmax, zp, f"{self.name}|operand")
 
 
 class OnnxEmbedding(nn.Module):

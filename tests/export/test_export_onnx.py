@@ -84,7 +84,9 @@ def input_chain_root(proto: onnx.ModelProto, module: str) -> str:
     producer = {o: n for n in proto.graph.node for o in n.output}
     q = next(n for n in proto.graph.node if n.name == f"{module}/input")
     first = producer[producer[q.input[0]].input[0]]  # QuantizeLinear <- Clip <- Mul (or Div)
-    return producer[first.input[0]].input[0] if first.op_type == "Div" else first.input[0]  # Div <- Sub
+    before = producer.get(first.input[0])
+    offset = first.op_type == "Div" and before is not None and before.op_type == "Sub"  # Div <- Sub (an offset)
+    return before.input[0] if offset else first.input[0]
 
 
 def expected_input_codes(m: PackedLinear, x: torch.Tensor) -> torch.Tensor:
