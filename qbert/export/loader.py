@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from qbert.export.modules import PackedEmbedding, PackedLinear, PackedOperand
 from qbert.export.packed_file import PackedFileError, operand_key, read_packed
 from qbert.export.packing import from_codes, packed_nbytes, unpack
-from qbert.quant.attention import OPERANDS, PROJECTIONS, quantize_matmuls_with_
+from qbert.quant.attention import OPERANDS, attention_operand_specs, quantize_matmuls_with_
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.plan import assign
 from qbert.quant.primitives import FLOAT_BITS
@@ -86,26 +86,6 @@ def _check_module(path: Path, name: str, info: dict, spec: dict, target: nn.Modu
             fail(f"input qparams {'missing' if needs else 'unexpected'}")
 
 
-def quantized_operands(path: Path, plan: dict, named: dict[str, nn.Module]) -> dict[str, tuple[int, bool]]:
-    """``{self-attention: (bits, symmetric)}`` of the attentions whose matmul operands the plan
-    quantizes (``attn_operands`` on its query, key and value: all three, alike), checked against
-    the architecture."""
-    parents = {n.rpartition(".")[0] for n, spec in plan.items() if spec.get("attn_operands")}
-    found = {}
-    for name in sorted(parents):
-        specs = [plan.get(f"{name}.{p}") or {} for p in PROJECTIONS]
-        shared = [(s.get("attn_operands"), s.get("a_bits"), s.get("symmetric")) for s in specs]
-        if not shared[0][0] or any(s != shared[0] for s in shared):
-            raise PackedFileError(f"{path}: {name}: the plan quantizes its attention operands on some of "
-                                  f"{list(PROJECTIONS)} only, or with different settings ({shared})")
-        m = named.get(name)
-        if m is None or not all(hasattr(m, a) for a in ("attention_head_size", "scaling", "dropout")):
-            raise PackedFileError(f"{path}: {name}: not a BERT-style self-attention in this config; "
-                                  "its quantized matmul operands have nowhere to go")
-        found[name] = (int(shared[0][1]), bool(shared[0][2]))
-    return found
-
-
 def _codes(info: dict, own: dict[str, Tensor]) -> Tensor | None:
     if info["w_bits"] == FLOAT_BITS:
         return None
@@ -130,7 +110,10 @@ def load_packed(path: str | Path) -> nn.Module:
     own = {n: _module_tensors(n, tensors) for n in modules}
     for name, info in modules.items():
         _check_module(path, name, info, plan[name], named[name], own[name])
-    attentions = quantized_operands(path, plan, named)
+    try:  # the self-attentions whose operands the plan quantizes, by quantize_'s own rule
+        attentions = attention_operand_specs(model, chosen)
+    except (ValueError, TypeError) as err:
+        raise PackedFileError(f"{path}: its plan's attention operands: {err}") from None
     operand_keys = {operand_key(a, o) for a in attentions for o in OPERANDS}
     for key in sorted(operand_keys):
         if key not in tensors or tensors[key].numel() != 2:
@@ -161,8 +144,8 @@ def load_packed(path: str | Path) -> nn.Module:
     left = [k for k in missing if k.rpartition(".")[0] not in modules]
     if left or unexpected:  # unreachable after the checks above; kept as a guard
         raise PackedFileError(f"{path}: state mismatch: missing {left[:5]}, unexpected {unexpected[:5]}")
-    for name, (bits, symmetric) in attentions.items():  # probabilities: always the unsigned grid
-        quantize_matmuls_with_(named[name], {o: PackedOperand(bits, symmetric and o != "probs", tensors[operand_key(name, o)])
-                                             for o in OPERANDS})
+    for name, spec in attentions.items():  # probabilities: always the unsigned grid
+        quantize_matmuls_with_(named[name], {o: PackedOperand(spec.a_bits, spec.symmetric and o != "probs",
+                                                              tensors[operand_key(name, o)]) for o in OPERANDS})
     mark_packed(model, str(path))  # save_pretrained would write codes a float loader misreads: refused
     return model.eval()
