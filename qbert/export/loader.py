@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from qbert.export.modules import PackedEmbedding, PackedLinear, PackedOperand
 from qbert.export.packed_file import PackedFileError, operand_key, read_packed
 from qbert.export.packing import from_codes, packed_nbytes, unpack
-from qbert.quant.attention import OPERANDS, attention_operand_specs, quantize_matmuls_with_
+from qbert.quant.attention import OPERANDS, attention_operand_specs, operand_symmetric, quantize_matmuls_with_
 from qbert.quant.granularity import resolve_groups
 from qbert.quant.plan import assign
 from qbert.quant.primitives import FLOAT_BITS
@@ -144,8 +144,8 @@ def load_packed(path: str | Path) -> nn.Module:
     left = [k for k in missing if k.rpartition(".")[0] not in modules]
     if left or unexpected:  # unreachable after the checks above; kept as a guard
         raise PackedFileError(f"{path}: state mismatch: missing {left[:5]}, unexpected {unexpected[:5]}")
-    for name, spec in attentions.items():  # probabilities: always the unsigned grid
-        quantize_matmuls_with_(named[name], {o: PackedOperand(spec.a_bits, spec.symmetric and o != "probs",
+    for name, spec in attentions.items():
+        quantize_matmuls_with_(named[name], {o: PackedOperand(spec.a_bits, operand_symmetric(o, spec.symmetric),
                                                               tensors[operand_key(name, o)]) for o in OPERANDS})
     mark_packed(model, str(path))  # save_pretrained would write codes a float loader misreads: refused
     return model.eval()

@@ -71,6 +71,12 @@ class QuantizedMatmulAttention(nn.Module):
         return context, probs
 
 
+def operand_symmetric(operand: str, symmetric: bool) -> bool:
+    """Whether ``operand``'s grid is symmetric, for projections quantized with ``symmetric``:
+    the probabilities are never negative, so they always take the unsigned grid."""
+    return symmetric and operand != "probs"
+
+
 _CLASSES: dict[type, type] = {}
 
 
@@ -116,9 +122,7 @@ def quantize_attention_operands_(model: nn.Module, attentions: Mapping[str, Quan
             return LearnedActivationQuantizer(spec.a_bits, symmetric, spec.learned, device,
                                               integer_zero_point=spec.integer_zero_point)
 
-        quantizers = {n: quantizer(spec.symmetric) for n in PROJECTIONS}
-        quantizers["probs"] = quantizer(False)  # probabilities: unsigned grid
-        quantize_matmuls_with_(m, quantizers)
+        quantize_matmuls_with_(m, {n: quantizer(operand_symmetric(n, spec.symmetric)) for n in OPERANDS})
     return model
 
 
