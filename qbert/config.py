@@ -275,7 +275,7 @@ class QuantConfig:
     # mkq: true W4A4, the operands of the attention matmuls (Q and K of the scores, the
     # probabilities P and V of the context) quantized at a_bits too, each with a learned step
     # (P on an unsigned grid); false: only the Linear inputs (qbert/quant/attention.py). qbert-export
-    # refuses such a run: its packed format computes attention in float.
+    # packs the operands' steps too, and its loader and ONNX graph quantize them where the matmul reads them.
     attention_operands: bool = added_field(False, neutral=False)
     # mkq: every learned asymmetric offset kept on the integer grid (offset = -zero_point * step,
     # rounded in the forward pass), as an integer kernel needs; false: LSQ+'s float offset.
