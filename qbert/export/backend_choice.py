@@ -9,7 +9,9 @@ answer depended on the CPU:
 * the same Xeon with oneDNN capped to AVX-512 VNNI + bf16 (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``:
   the avx512_vnni CPU without AMX, its kernels checked to be AMX-free): PyTorch's PT2E int8
   in-process was fastest (2.68x); of the runtimes qbert-export writes for, OpenVINO 2.38x against
-  ONNX Runtime's 1.53x (``bench_inference_vnni_emulated_cpu_grid.json``);
+  ONNX Runtime's 1.53x (``bench_inference_vnni_emulated_cpu_grid.json``); for a model whose attention
+  operands were trained at 8 bits (``quant.attention_operands``) OpenVINO was the fastest of every
+  path, PT2E and NNCF's PTQ included (3.35x; ``bench_inference_vnni_emulated_trained_attention_grid.json``);
 * a 2-core AVX2-only EPYC: no path passed the accuracy rule; of ours ONNX Runtime was fastest
   (1.22x; OpenVINO 0.73x, half of fp32's speed on one thread: ``bench_inference_full_cpu.json``).
 
@@ -66,7 +68,8 @@ def choose_backend(cpu_flags: set[str], has_int2: bool,
     amx = "amx_int8" in cpu_flags
     measured = ("OpenVINO on our QDQ graph (bf16 float ops) was the fastest accurate int8 runtime measured on "
                 + ("one (5.55x fp32, ONNX Runtime 2.11x)" if amx else
-                   "one, emulated by capping oneDNN on an AMX CPU (2.38x fp32, ONNX Runtime 1.53x)"))
+                   "one, emulated by capping oneDNN on an AMX CPU (2.38x fp32, ONNX Runtime 1.53x; 3.35x with "
+                   "attention operands trained at 8 bits)"))
     has = "AMX" if amx else "AVX-512 VNNI without AMX"
     if has_int2:
         return FALLBACK, f"this CPU has {has}, where {measured}, but the model has 2-bit weights, which OpenVINO cannot read: ONNX Runtime"
