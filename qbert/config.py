@@ -47,6 +47,7 @@ EVAL_CHECKPOINTS = ("last", "best")
 VALIDATE_MODES = ("auto", "always", "never")
 HIDDEN_LOSSES = ("mse", "normalized_mse")  # distillation of hidden states (qbert.train.distill)
 ATTENTION_LOSSES = ("mse", "kl")  # distillation of attention probabilities
+QAT_STARTS = ("finetuned", "pretrained")  # what a quantized run's training starts from
 
 
 def added_field(default: Any, neutral: Any) -> Any:
@@ -258,6 +259,12 @@ class QuantConfig:
     # QAT stage only, not the full-precision start it is fine-tuned from.
     epochs: Optional[int] = None
     lr: Optional[float] = None
+    # What QAT starts from. finetuned: the full-precision fine-tuned start of the same task, data
+    # and seed (every table's rows: quantize, then fine-tune the quantized model); pretrained: the
+    # pre-trained weights, so the quantized model is fine-tuned from scratch with the task's whole
+    # recipe (quant.epochs / quant.lr null = optim's) - Q8BERT's "quantization-aware training
+    # during fine-tuning", with the same training budget as the full-precision start it is compared with.
+    start: str = added_field("finetuned", neutral="finetuned")
     # Post-training quantization (eval_only=true): training batches that set activation ranges;
     # for quant=mkq also the batches that initialise the learned input scales before QAT.
     calibration_batches: int = 16
@@ -310,6 +317,11 @@ class QuantConfig:
         _check(self.max_steps is None or self.max_steps >= 1, "quant.max_steps",
                f"must be >= 1 or null, got {self.max_steps}")
         _check(self.calibration_batches >= 1, "quant.calibration_batches", "must be >= 1")
+        _one_of(self.start, QAT_STARTS, "quant.start")
+        _check(self.start == "finetuned" or self.method != "qbert_mp" or self.allocation == "manual", "quant.start",
+               "quant.start=pretrained with quant=qbert_mp: the Hessian analysis ranks the layers of the fine-tuned "
+               "model, which a run from the pre-trained weights does not have; use quant.allocation=manual with "
+               "quant.layer_bits, or quant.start=finetuned")
         _check(not self.integer_zero_points or not self.symmetric or self.attention_operands,
                "quant.integer_zero_points", "symmetric inputs (quant.symmetric=true) have no offset to round; "
                "set quant.symmetric=false, or quant.attention_operands=true for the probabilities' offset")
@@ -630,6 +642,9 @@ class RunConfig:
             self.optim.epochs = self.quant.epochs or self.optim.epochs
             self.optim.lr = self.quant.lr or self.optim.lr
             self.trainer.max_steps = self.quant.max_steps or self.trainer.max_steps
+        _check(self.init_from is None or self.quant.start == "finetuned", "quant.start",
+               f"quant.start=pretrained trains from the pre-trained weights, but init_from={self.init_from!r} names "
+               "a start to load: leave one of them unset")
         has_weights = (self.init_from is not None or self.quant.method != "none"  # the FP start
                        or any((self.model.path, self.model.package, self.model.hub_id)))
         _check(not self.eval_only or has_weights, "eval_only",

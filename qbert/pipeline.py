@@ -56,10 +56,10 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
     tokenizer = build_tokenizer(run_cfg.model)
     datamodule = TaskDataModule(run_cfg.task, run_cfg.data, run_cfg.optim, tokenizer, run_cfg.seed)
 
-    # model (a fine-tuned start point, if given; quantized runs always have one)
+    # model (a fine-tuned start point, if given; quantized runs have one unless quant.start=pretrained)
     model = build_task_model(run_cfg.model, run_cfg.task, vocab_size=len(tokenizer))
     init_from = run_cfg.init_from
-    if init_from is None and run_cfg.quant.method != "none":
+    if init_from is None and run_cfg.quant.method != "none" and run_cfg.quant.start == "finetuned":
         init_from = finetuned_start(cfg)
     if init_from:
         load_finetuned_(model, init_from)
@@ -82,9 +82,10 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
             calibrate_(model, datamodule, run_cfg.quant.calibration_batches)
 
     # the teacher (knowledge distillation): the full-precision start, unless distill.teacher
-    distiller = None
+    distiller, teacher_from = None, None
     if run_cfg.distill.enabled:
-        teacher = load_teacher(run_cfg.distill.teacher or init_from, run_cfg.model, run_cfg.task, len(tokenizer))
+        teacher_from = run_cfg.distill.teacher or init_from or finetuned_start(cfg)  # from pre-trained: still the FP start
+        teacher = load_teacher(teacher_from, run_cfg.model, run_cfg.task, len(tokenizer))
         if needs_eager(run_cfg.distill):  # attention maps: SDPA returns none
             teacher.set_attn_implementation("eager")
             model.set_attn_implementation("eager")
@@ -119,7 +120,7 @@ def run(cfg: DictConfig, resume_from: str | None = None) -> dict:
         if trainer.is_global_zero:
             save_model(model, tokenizer, run_dir / "model")
         results = _results(run_cfg, config, module, datamodule, fit_seconds, test_seconds,
-                           time.perf_counter() - started, init_from, mixed_precision)
+                           time.perf_counter() - started, init_from, teacher_from, mixed_precision)
         results["resumed_from"] = resume_from
         if trainer.is_global_zero:
             write_results(run_dir / "results.json", results)
@@ -198,7 +199,7 @@ def save_model(model, tokenizer, folder: Path) -> None:
 
 def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: TaskDataModule,
              fit_seconds: float, test_seconds: float, wall_seconds: float, init_from: str | None,
-             mixed_precision: dict | None = None) -> dict:
+             teacher_from: str | None = None, mixed_precision: dict | None = None) -> dict:
     model = module.model
     n_params = sum(p.numel() for p in model.parameters())
     size_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -223,7 +224,7 @@ def _results(run_cfg: RunConfig, config: dict, module: TaskModule, datamodule: T
         "val_metrics": module.val_metrics,
         "data": data_provenance(run_cfg.task, run_cfg.data),
         "weights": {"source": resolve_weights(run_cfg.model), "init_from": init_from},
-        "distill": ({"teacher": run_cfg.distill.teacher or init_from} if run_cfg.distill.enabled else None),
+        "distill": {"teacher": teacher_from} if teacher_from else None,
         "num_parameters": n_params,
         "model_size_mb": size_bytes / 2**20,  # MiB, as the papers' "MB": the float tensors in memory
         "quantization_map": qmap,

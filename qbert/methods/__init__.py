@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 LayerBits = Optional[Sequence[int]]
 # QAT recipe: read by every method that trains (not by post-training or full precision)
-TRAINING = frozenset({"epochs", "lr", "max_steps"})
+TRAINING = frozenset({"epochs", "lr", "max_steps", "start"})
 # activation ranges from training batches before an eval-only (post-training) run
 CALIBRATION = frozenset({"calibration_batches"})
 # how weight ranges and grids are chosen (statistics-range methods: qbert, qbert_mp, directq, ablation)
@@ -39,6 +39,9 @@ class Method:
     build: Callable[[Any, int, LayerBits], Any]  # (QuantConfig, num_heads, layer widths) -> Plan | None
     label: Callable[[Mapping[str, Any]], str]  # resolved run config -> the name a table prints
     trains: bool = True  # False: post-training only (eval_only)
+    # False: full precision, whose training is the task's own (optim.*), so the QAT recipe keys
+    # (TRAINING) would be ignored: they are refused instead.
+    has_qat_stage: bool = True
     note: str = ""  # what it fixes, for the error message (e.g. "8-bit by definition")
     # Its paper's recipe distils (its conf preset sets distill.enabled=true) and its label says
     # whether a run did; any other method that trains may distil too, and its label then says so.
@@ -48,7 +51,7 @@ class Method:
         """The settings read in a run: the QAT recipe only when it trains, calibration only
         after quantizing without training."""
         extra = set()
-        if not eval_only and self.trains:
+        if not eval_only and self.trains and self.has_qat_stage:
             extra |= TRAINING
         if eval_only:
             extra |= CALIBRATION
@@ -165,13 +168,17 @@ def normalized_distillation(config: Mapping[str, Any]) -> bool:
 
 def label(config: Mapping[str, Any]) -> str:
     """How a table names a run's method, from its resolved config (a dict); a method that
-    does not distil by recipe gets " + KD" (or " + normalized KD") when the run distilled."""
-    name = ((config.get("quant") or {}).get("method")) or "none"
+    does not distil by recipe gets " + KD" (or " + normalized KD") when the run distilled, and a
+    run trained from the pre-trained weights (quant.start) " (QAT during fine-tuning)"."""
+    quant = config.get("quant") or {}
+    name = quant.get("method") or "none"
     known = methods()
     if name not in known:
         return name
     method = known[name]
     shown = method.label(config)
+    if quant.get("start", "finetuned") == "pretrained":
+        shown += " (QAT during fine-tuning)"
     if not method.distills and (config.get("distill") or {}).get("enabled"):
         shown += " + normalized KD" if normalized_distillation(config) else " + KD"
     return shown
