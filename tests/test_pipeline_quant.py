@@ -74,8 +74,11 @@ def test_groups_that_do_not_divide_the_rows_fail_naming_the_module(compose_cfg, 
 def test_qat_recipe_changes_only_the_quantized_stage(compose_cfg):
     qat = validate(compose_cfg(["task=sst2", "quant=qbert", "quant.epochs=1", "quant.lr=1e-5"]))
     assert (qat.optim.epochs, qat.optim.lr) == (1, 1e-5)
-    fp = validate(compose_cfg(["task=sst2", "quant.epochs=1"]))  # quant=none: the recipe is ignored
+    fp = validate(compose_cfg(["task=sst2"]))
     assert (fp.optim.epochs, fp.optim.lr) == (3, 3e-5)
+    # quant=none trains with optim.*: a QAT recipe key there would be ignored, so it is refused
+    with pytest.raises(ValueError, match="config key 'quant.epochs': 1 is not read by quant=none"):
+        validate(compose_cfg(["task=sst2", "quant.epochs=1"]))
 
 
 def test_post_training_quantization_calibrates_activation_ranges(compose_cfg, tmp_path):
